@@ -1,0 +1,140 @@
+"""Everything a run writes, in one directory per run (no Flower import).
+
+<output-dir>/<run-name>/
+    config.yaml                     resolved settings
+    synthetic_set.pt                latest S (images, labels, metadata); rewritten atomically each round
+    synthetic_set_round_XXXX.pt     S at each evaluated round
+    grid_round_XXXX.png             picture of S at each evaluated round (one row per class)
+    metrics.jsonl                   one JSON object per round
+    summary.json                    written when the run finishes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .data import DatasetSpec, denormalise
+
+SYNTHETIC_SET_FILE = "synthetic_set.pt"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class SavedSyntheticSet:
+    images: torch.Tensor
+    labels: torch.Tensor
+    metadata: dict[str, Any]
+
+    @property
+    def round(self) -> int:
+        return int(self.metadata["round"])
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_synthetic_set(path: Path | str) -> SavedSyntheticSet:
+    """Load a saved synthetic set (a file, or a run directory holding synthetic_set.pt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / SYNTHETIC_SET_FILE
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return SavedSyntheticSet(payload["images"], payload["labels"], payload["metadata"])
+
+
+class RunDirectory:
+    """The output directory of one run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def prepare(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def save_config(self, settings_record: dict[str, Any]) -> None:
+        text = yaml.safe_dump(settings_record, sort_keys=False)
+        _atomic_write(self.file(CONFIG_FILE), lambda p: p.write_text(text))
+
+    def save_synthetic_set(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        metadata: dict[str, Any],
+        keep_round_copy: bool,
+    ) -> Path:
+        payload = {
+            "images": images.detach().cpu().to(torch.float32).contiguous(),
+            "labels": labels.detach().cpu().to(torch.int64),
+            "metadata": metadata,
+        }
+        _atomic_write(self.file(SYNTHETIC_SET_FILE), lambda p: torch.save(payload, p))
+        if keep_round_copy:
+            copy = self.file(f"synthetic_set_round_{int(metadata['round']):04d}.pt")
+            _atomic_write(copy, lambda p: torch.save(payload, p))
+            return copy
+        return self.file(SYNTHETIC_SET_FILE)
+
+    def load_latest(self) -> SavedSyntheticSet:
+        return load_synthetic_set(self.file(SYNTHETIC_SET_FILE))
+
+    def save_grid(self, images: torch.Tensor, spec: DatasetSpec, ipc: int, round_number: int) -> Path:
+        """A PNG of S in pixel space: one row per class, `ipc` images per row."""
+        from torchvision.utils import save_image
+
+        pixels = denormalise(images.detach().cpu().to(torch.float32), spec)
+        path = self.file(f"grid_round_{round_number:04d}.png")
+        _atomic_write(path, lambda p: save_image(pixels, str(p), nrow=ipc, padding=1, format="png"))
+        return path
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.file(METRICS_FILE)
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut off by a crash: everything after it is dropped
+        return records
+
+    def keep_metrics_up_to(self, last_round: int) -> None:
+        """Drop metric lines of rounds after `last_round` (work lost in a crash)."""
+        kept = [r for r in self.read_metrics() if int(r.get("round", 0)) <= last_round]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        _atomic_write(self.file(METRICS_FILE), lambda p: p.write_text(text))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.file(METRICS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2) + "\n"
+        _atomic_write(self.file(SUMMARY_FILE), lambda p: p.write_text(text))

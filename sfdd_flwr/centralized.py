@@ -1,0 +1,106 @@
+"""Centralized DC baseline: the same core on the whole training set, no Flower.
+
+    python -m sfdd_flwr.centralized --run-config "preset='compare' data-dir='/data'"
+
+Each round is one DC iteration on all training data; settings, seeds, evaluation and
+outputs are those of an SFDD run, so the two are compared on identical code (Table 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tomllib
+from typing import Any
+
+import torch
+
+from .config import ConfigError, Settings, resolve_settings
+from .data import ClassPools, DataUnavailableError, load_split
+from .distill import local_distill_update
+from .recorder import RunRecorder, resolve_device, server_evaluator
+from .seeding import derive_seed, make_generator
+
+
+def parse_run_config(text: str) -> dict[str, Any]:
+    """Parse `flwr run --run-config` style 'k1=v1 k2="v 2"' pairs (TOML values)."""
+    values: dict[str, Any] = {}
+    for pair in shlex.split(text, posix=False):
+        key, separator, raw = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"run-config entry {pair!r} is not allowed: must be key=value")
+        try:
+            values[key.strip()] = tomllib.loads(f"value = {raw}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(
+                f"{key.strip()}={raw} is not allowed: must be a TOML value (quote strings: 'text')"
+            ) from None
+    return values
+
+
+def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
+    """Distill on the full training set for `num_server_rounds` iterations."""
+    device = resolve_device(settings.device)
+    report(f"loading {settings.dataset} from {settings.data_path}")
+    train_set = load_split(settings.dataset, str(settings.data_path), train=True)
+    test_set = load_split(settings.dataset, str(settings.data_path), train=False)
+    pools = ClassPools(train_set.to(device), settings.dataset_spec.num_classes)
+    recorder = RunRecorder(
+        settings, "centralized", server_evaluator(settings, test_set, device, report), report
+    )
+    images = recorder.start()
+    velocity: torch.Tensor | None = None
+    for iteration in range(recorder.first_round, settings.num_server_rounds + 1):
+        update = local_distill_update(
+            images,
+            pools,
+            settings.network_spec,
+            settings.distill_params,
+            network_seed=derive_seed(settings.seed, "central", iteration, "network"),
+            generator=make_generator(settings.seed, "central", iteration, "real-batches"),
+            device=device,
+            velocity=velocity,
+            progress=lambda text, it=iteration: report(f"iteration {it}: {text}"),
+        )
+        images = update.images
+        velocity = update.velocity if settings.persist_momentum else None
+        recorder.end_round(
+            iteration,
+            images,
+            {
+                "matching_loss": update.matching_loss,
+                "local_update_seconds_sum": round(update.seconds, 3),
+                "round_seconds": round(update.seconds, 3),
+            },
+        )
+    return recorder.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sfdd_flwr.centralized",
+        description="Centralized DC baseline on the same core and settings as the SFDD app.",
+    )
+    parser.add_argument(
+        "--run-config",
+        "-c",
+        action="append",
+        default=[],
+        help="settings as in `flwr run --run-config`, e.g. \"preset='quickstart' ipc=10\"",
+    )
+    args = parser.parse_args(argv)
+    try:
+        overrides: dict[str, Any] = {}
+        for text in args.run_config:
+            overrides.update(parse_run_config(text))
+        settings = resolve_settings(Settings().to_record() | overrides, overrides)
+        run_centralized(settings, report=lambda text: print(text, flush=True))
+    except (ConfigError, DataUnavailableError) as error:
+        print(f"sfdd-flwr: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Networks used for distillation and evaluation (no Flower import).
+
+The default is the ConvNet of Zhao et al.'s DC reference: `depth` blocks of
+Conv3x3(width) -> InstanceNorm -> ReLU -> AvgPool2d(2), then one Linear layer.
+28x28 inputs get padding 3 on the first convolution, so MNIST-sized and
+CIFAR-sized inputs both end at 4x4xwidth = 2048 features with the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
+NORMALIZATIONS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+POOLINGS = ("avgpooling", "maxpooling", "none")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Everything needed to build a fresh network for one task."""
+
+    channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+    width: int = 128
+    depth: int = 3
+    activation: str = "relu"
+    normalization: str = "instancenorm"
+    pooling: str = "avgpooling"
+
+
+class ConvNet(nn.Module):
+    """DC's ConvNet; `features()` exposes the penultimate representation."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        super().__init__()
+        if spec.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {spec.activation!r}")
+        if spec.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {spec.normalization!r}"
+            )
+        if spec.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
+        height, width = spec.image_size
+        first_padding = 1
+        if (height, width) == (28, 28):
+            first_padding = 3
+            height, width = 32, 32
+        layers: list[nn.Module] = []
+        in_channels = spec.channels
+        for block in range(spec.depth):
+            layers.append(
+                nn.Conv2d(
+                    in_channels,
+                    spec.width,
+                    kernel_size=3,
+                    padding=first_padding if block == 0 else 1,
+                )
+            )
+            norm = _normalization_layer(spec.normalization, spec.width, height, width)
+            if norm is not None:
+                layers.append(norm)
+            layers.append(_activation_layer(spec.activation))
+            if spec.pooling != "none":
+                layers.append(
+                    nn.AvgPool2d(2, 2) if spec.pooling == "avgpooling" else nn.MaxPool2d(2, 2)
+                )
+                height, width = height // 2, width // 2
+            in_channels = spec.width
+        self.body = nn.Sequential(*layers)
+        self.num_features = spec.width * height * width
+        self.classifier = nn.Linear(self.num_features, spec.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features, flattened (input of the classifier)."""
+        return self.body(images).flatten(1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+
+def _normalization_layer(kind: str, channels: int, height: int, width: int) -> nn.Module | None:
+    if kind == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels, affine=True)
+    if kind == "layernorm":
+        return nn.LayerNorm([channels, height, width], elementwise_affine=True)
+    if kind == "groupnorm":
+        return nn.GroupNorm(4, channels, affine=True)
+    return None
+
+
+def _activation_layer(kind: str) -> nn.Module:
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    if kind == "leakyrelu":
+        return nn.LeakyReLU(negative_slope=0.01)
+    return nn.ReLU()
+
+
+def build_network(spec: NetworkSpec, seed: int, device: torch.device | str = "cpu") -> ConvNet:
+    """A freshly initialised ConvNet whose weights depend only on `seed`.
+
+    PyTorch's default initialisers draw from the global generator; forking it keeps
+    those draws reproducible without disturbing anyone else's random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = ConvNet(spec)
+    return network.to(device)

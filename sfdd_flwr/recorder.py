@@ -1,0 +1,258 @@
+"""Round bookkeeping shared by the SFDD server and the centralized baseline.
+
+Creates or resumes the run directory, initialises S, and after every round saves S,
+evaluates it when due, appends a metrics line and reports one progress line with an
+ETA. No Flower import: the strategy and `centralized.py` both drive it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import RunDirectory
+from .config import ConfigError, Settings
+from .data import LabelledImages
+from .distill import initial_synthetic_images, synthetic_labels
+from .evaluate import EvalResult, evaluate_synthetic_set
+from .seeding import make_generator
+
+Evaluator = Callable[[int, torch.Tensor], EvalResult]
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' is not allowed: no CUDA device is available here")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def server_evaluator(
+    settings: Settings,
+    test_set: LabelledImages,
+    device: torch.device,
+    report: Callable[[str], None],
+) -> Evaluator:
+    """Evaluate S with the DC protocol on a test set the evaluating process holds."""
+    labels = synthetic_labels(settings.dataset_spec.num_classes, settings.ipc)
+    test_on_device = test_set.to(device)
+
+    def evaluate(round_number: int, images: torch.Tensor) -> EvalResult:
+        return evaluate_synthetic_set(
+            images,
+            labels,
+            test_on_device,
+            settings.network_spec,
+            settings.eval_params,
+            settings.seed,
+            round_number,
+            device,
+            progress=report,
+        )
+
+    return evaluate
+
+
+class RunRecorder:
+    """Checkpoints, evaluation schedule, metrics and progress lines of one run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mode: str,
+        evaluator: Evaluator | None,
+        report: Callable[[str], None],
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.evaluator = evaluator
+        self.report = report
+        self.spec = settings.dataset_spec
+        self.labels = synthetic_labels(self.spec.num_classes, settings.ipc)
+        if settings.resume_from:
+            self.run_dir = RunDirectory(Path(settings.resume_from).expanduser())
+        else:
+            name = settings.run_name or (
+                f"{settings.dataset}-ipc{settings.ipc}-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
+            )
+            self.run_dir = RunDirectory(settings.output_path / name)
+        self.session_started = time.monotonic()
+        self.first_round = 1
+        self.rounds_done_in_session = 0
+        self.round_seconds_total = 0.0
+        self.last_evaluation: dict[str, Any] | None = None
+
+    # ----- start -----
+    def start(self) -> torch.Tensor:
+        """Initial (or resumed) synthetic images; sets `first_round`."""
+        self.run_dir.prepare()
+        if self.settings.resume_from:
+            return self._resume()
+        self.run_dir.save_config(self.settings.to_record())
+        images = initial_synthetic_images(
+            self.settings.network_spec, self.settings.ipc, make_generator(self.settings.seed, "init")
+        )
+        self.run_dir.save_synthetic_set(images, self.labels, self._metadata(0), keep_round_copy=False)
+        self.report(
+            f"{self.mode}: {self.settings.dataset}, IPC {self.settings.ipc}, "
+            f"{self.settings.num_server_rounds} rounds; outputs in {self.run_dir.path}"
+        )
+        return images
+
+    def _resume(self) -> torch.Tensor:
+        saved = self.run_dir.load_latest()
+        expected = (self.spec.num_classes * self.settings.ipc, self.spec.channels, *self.spec.image_size)
+        if tuple(saved.images.shape) != expected or saved.metadata.get("dataset") != self.settings.dataset:
+            raise ConfigError(
+                f"resume-from={self.settings.resume_from!r} is not allowed: it holds "
+                f"{saved.metadata.get('dataset')} images of shape {tuple(saved.images.shape)}, "
+                f"this run needs {self.settings.dataset} images of shape {expected}"
+            )
+        self.first_round = saved.round + 1
+        self.run_dir.keep_metrics_up_to(saved.round)
+        records = self.run_dir.read_metrics()
+        if saved.round > 0 and not any(r.get("round") == saved.round for r in records):
+            self.run_dir.append_metrics(saved.metadata.get("round_metrics", {"round": saved.round}))
+            self.report(f"round {saved.round}: metrics restored from the checkpoint (its evaluation was cut off)")
+        evaluated = [r for r in self.run_dir.read_metrics() if "accuracy_mean" in r]
+        if evaluated:
+            self.last_evaluation = {k: evaluated[-1][k] for k in ("round", "accuracy_mean", "accuracy_std", "accuracies", "eval_seconds")}
+        self.run_dir.save_config(self.settings.to_record())
+        self.report(
+            f"{self.mode}: resuming {self.run_dir.path} after round {saved.round}; "
+            f"continuing with round {self.first_round}/{self.settings.num_server_rounds}"
+        )
+        return saved.images
+
+    # ----- per round -----
+    def should_evaluate(self, round_number: int) -> bool:
+        every = self.settings.eval_every
+        return round_number == self.settings.num_server_rounds or (
+            every > 0 and round_number % every == 0
+        )
+
+    def end_round(
+        self, round_number: int, images: torch.Tensor, round_metrics: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Save S (the round is then complete), log, evaluate if due, append metrics.
+
+        The round's metrics travel inside the checkpoint too, so a crash during a long
+        evaluation loses neither the round nor its training figures.
+        """
+        evaluate_now = self.should_evaluate(round_number)
+        record: dict[str, Any] = {"round": round_number, **round_metrics}
+        self.run_dir.save_synthetic_set(
+            images, self.labels, self._metadata(round_number, record), keep_round_copy=evaluate_now
+        )
+        self.rounds_done_in_session += 1
+        self.round_seconds_total += float(round_metrics.get("round_seconds", 0.0))
+        remaining = self.settings.num_server_rounds - round_number
+        eta = remaining * self.round_seconds_total / self.rounds_done_in_session
+        parts = [
+            f"round {round_number}/{self.settings.num_server_rounds}",
+            f"matching loss {round_metrics.get('matching_loss', math.nan):.3f}",
+        ]
+        if "clients_ok" in round_metrics:
+            asked = round_metrics["clients_ok"] + round_metrics["clients_failed"]
+            parts.append(f"{round_metrics['clients_ok']}/{asked} clients")
+        parts.append(f"{round_metrics.get('round_seconds', 0.0):.1f} s")
+        parts.append(f"ETA {format_seconds(eta)} (rounds only)")
+        self.report(" | ".join(parts))
+        if evaluate_now and self.evaluator is not None:
+            record.update(self._evaluate(round_number, images))
+        elif evaluate_now:
+            self.run_dir.save_grid(images, self.spec, self.settings.ipc, round_number)
+        record["elapsed_seconds"] = round(time.monotonic() - self.session_started, 3)
+        self.run_dir.append_metrics(record)
+        return record
+
+    def _evaluate(self, round_number: int, images: torch.Tensor) -> dict[str, Any]:
+        params = self.settings.eval_params
+        self.report(
+            f"round {round_number}: evaluating S with {params.num_models} fresh networks "
+            f"x {params.epochs} epochs{' with augmentation' if params.augment else ''}"
+        )
+        result = self.evaluator(round_number, images)
+        grid = self.run_dir.save_grid(images, self.spec, self.settings.ipc, round_number)
+        self.report(
+            f"round {round_number}: accuracy {100 * result.mean:.2f} ± {100 * result.std:.2f} % "
+            f"over {len(result.accuracies)} models ({format_seconds(result.seconds)}); picture: {grid}"
+        )
+        self.last_evaluation = {
+            "round": round_number,
+            "accuracy_mean": result.mean,
+            "accuracy_std": result.std,
+            "accuracies": result.accuracies,
+            "eval_seconds": round(result.seconds, 3),
+        }
+        return {k: v for k, v in self.last_evaluation.items() if k != "round"}
+
+    # ----- end -----
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write summary.json and report the final summary line."""
+        records = self.run_dir.read_metrics()
+        total_seconds = sum(float(r.get("round_seconds", 0.0)) + float(r.get("eval_seconds", 0.0)) for r in records)
+        summary: dict[str, Any] = {
+            "mode": self.mode,
+            "dataset": self.settings.dataset,
+            "ipc": self.settings.ipc,
+            "rounds": records[-1]["round"] if records else 0,
+            "final_accuracy_mean": self.last_evaluation["accuracy_mean"] if self.last_evaluation else None,
+            "final_accuracy_std": self.last_evaluation["accuracy_std"] if self.last_evaluation else None,
+            "num_eval_models": self.settings.num_eval,
+            "eval_epochs": self.settings.eval_params.epochs,
+            "seconds": round(total_seconds, 1),
+            "run_dir": str(self.run_dir.path),
+            **(extra or {}),
+        }
+        self.run_dir.write_summary(summary)
+        accuracy = (
+            f"final accuracy {100 * summary['final_accuracy_mean']:.2f} ± "
+            f"{100 * summary['final_accuracy_std']:.2f} % ({self.settings.num_eval} models, "
+            f"{summary['eval_epochs']} epochs)"
+            if self.last_evaluation
+            else "no evaluation"
+        )
+        self.report(
+            f"SUMMARY {self.mode} {self.settings.dataset} IPC {self.settings.ipc}: "
+            f"{summary['rounds']} rounds in {format_seconds(total_seconds)}; {accuracy}; "
+            f"outputs in {self.run_dir.path}"
+        )
+        return summary
+
+    def _metadata(self, round_number: int, round_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "round": round_number,
+            "round_metrics": round_metrics or {},
+            "mode": self.mode,
+            "dataset": self.settings.dataset,
+            "ipc": self.settings.ipc,
+            "num_classes": self.spec.num_classes,
+            "channels": self.spec.channels,
+            "image_size": list(self.spec.image_size),
+            "mean": list(self.spec.mean),
+            "std": list(self.spec.std),
+            "seed": self.settings.seed,
+            "settings": self.settings.to_record(),
+        }

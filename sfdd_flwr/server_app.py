@@ -1,0 +1,46 @@
+"""SFDD ServerApp: settings in, SFDDStrategy out; the strategy and core do the work."""
+
+from __future__ import annotations
+
+from logging import ERROR, INFO
+
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from .config import ConfigError, resolve_settings
+from .data import DataUnavailableError, load_split
+from .recorder import RunRecorder, resolve_device, server_evaluator
+from .strategy import SFDDStrategy
+
+app = ServerApp()
+
+
+def explicit_overrides(grid: Grid) -> dict:
+    """The `--run-config` values of this run (they win over the preset)."""
+    try:
+        return dict(grid.run.override_config)
+    except (AttributeError, NotImplementedError):
+        return {}
+
+
+def report(text: str) -> None:
+    log(INFO, text)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        settings = resolve_settings(context.run_config, explicit_overrides(grid))
+        device = resolve_device(settings.device)
+        report(f"loading the {settings.dataset} test set from {settings.data_path} for evaluation")
+        test_set = load_split(settings.dataset, str(settings.data_path), train=False)
+    except (ConfigError, DataUnavailableError) as error:
+        log(ERROR, "%s", error)
+        raise SystemExit(f"sfdd-flwr: {error}") from None
+    strategy = SFDDStrategy(settings, report)
+    recorder = RunRecorder(
+        settings, "sfdd", server_evaluator(settings, test_set, device, report), report
+    )
+    strategy.distill(grid, recorder)
+    recorder.finish()

@@ -1,0 +1,189 @@
+"""The SFDD server strategy: ship S, check and FedAvg the returned S_i, record rounds.
+
+Flower glue only: the maths lives in `aggregation.py`, the bookkeeping in `recorder.py`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from .aggregation import update_problem, weighted_mean
+from .config import Settings
+from .recorder import RunRecorder
+from .seeding import derive_seed
+
+SYNTHETIC_SET_KEY = "synthetic-set"
+IMAGES_KEY = "images"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+NUM_EXAMPLES_KEY = "num-examples"
+
+
+def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
+    return ArrayRecord({IMAGES_KEY: Array(np.ascontiguousarray(array, dtype=np.float32))})
+
+
+def record_bytes(record: ArrayRecord | None) -> int:
+    return 0 if record is None else sum(len(array.data) for array in record.values())
+
+
+class SFDDStrategy(FedAvg):
+    """FedAvg over synthetic sets: weighted by client data size, labels never averaged.
+
+    Replies that carry an error, miss keys, or hold images of the wrong shape or with
+    NaN/Inf are dropped with a log line naming the node; the round aggregates the rest.
+    """
+
+    def __init__(self, settings: Settings, report: Callable[[str], None] | None = None) -> None:
+        super().__init__(
+            fraction_train=settings.fraction_train,
+            min_train_nodes=settings.min_clients,
+            min_available_nodes=settings.min_clients,
+            arrayrecord_key=SYNTHETIC_SET_KEY,
+            configrecord_key=CONFIG_KEY,
+        )
+        self.settings = settings
+        spec = settings.dataset_spec
+        self.expected_shape = (spec.num_classes * settings.ipc, spec.channels, *spec.image_size)
+        self.report = report or (lambda text: log(INFO, text))
+        self.last_round_failures: list[str] = []
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """Connected node IDs once at least `min-clients` are there (up to round-timeout)."""
+        started = time.monotonic()
+        last_report = started - 10.0
+        while len(node_ids := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            now = time.monotonic()
+            if now - started > self.settings.round_timeout:
+                raise RuntimeError(
+                    f"only {len(node_ids)} of min-clients={self.min_available_nodes} nodes "
+                    f"connected within round-timeout={self.settings.round_timeout:.0f} s"
+                )
+            if now - last_report >= 10.0:
+                last_report = now
+                self.report(
+                    f"waiting for nodes: {len(node_ids)} connected, "
+                    f"min-clients={self.min_available_nodes}"
+                )
+            time.sleep(1.0)
+        return node_ids
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One train message per sampled node; sampling is seeded by (seed, round)."""
+        node_ids = self.wait_for_nodes(grid)
+        sample_size = min(
+            len(node_ids), max(int(len(node_ids) * self.fraction_train), self.min_train_nodes)
+        )
+        sampler = random.Random(derive_seed(self.settings.seed, "sampling", server_round))
+        sampled = sorted(sampler.sample(node_ids, sample_size))
+        config["server-round"] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
+            for node_id in sampled
+        ]
+
+    def reply_problem(self, reply: Message) -> str | None:
+        """Why a training reply cannot be aggregated, or None if it can."""
+        if reply.has_error():
+            return f"client error: {reply.error.reason}"
+        content = reply.content
+        if SYNTHETIC_SET_KEY not in content.array_records:
+            return f"missing ArrayRecord {SYNTHETIC_SET_KEY!r}"
+        if METRICS_KEY not in content.metric_records:
+            return f"missing MetricRecord {METRICS_KEY!r}"
+        arrays = content.array_records[SYNTHETIC_SET_KEY]
+        metrics = content.metric_records[METRICS_KEY]
+        images = arrays[IMAGES_KEY].numpy() if IMAGES_KEY in arrays else None
+        return update_problem(images, self.expected_shape, metrics.get(NUM_EXAMPLES_KEY))
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted: list[Message] = []
+        self.last_round_failures = []
+        for reply in replies:
+            problem = self.reply_problem(reply)
+            if problem is None:
+                accepted.append(reply)
+            else:
+                node = reply.metadata.src_node_id
+                self.last_round_failures.append(f"node {node}: {problem}")
+                log(WARNING, "round %d: rejected the reply of node %d: %s", server_round, node, problem)
+        if not accepted:
+            return None, None
+        weights = [
+            float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted
+        ]
+        images = weighted_mean(
+            [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted],
+            weights,
+        )
+        client_metrics = [reply.content.metric_records[METRICS_KEY] for reply in accepted]
+        seconds = [float(m.get("local-update-seconds", 0.0)) for m in client_metrics]
+        losses = [float(m.get("matching-loss", float("nan"))) for m in client_metrics]
+        metrics = MetricRecord(
+            {
+                NUM_EXAMPLES_KEY: int(sum(weights)),
+                "matching-loss": float(np.average(losses, weights=weights)),
+                "local-update-seconds-sum": float(sum(seconds)),
+                "local-update-seconds-max": float(max(seconds)),
+            }
+        )
+        return images_record(images), metrics
+
+    def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
+        """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""
+        images = recorder.start()
+        settings = self.settings
+        for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
+            started = time.monotonic()
+            arrays = images_record(images)
+            messages = list(
+                self.configure_train(server_round, arrays, ConfigRecord(settings.to_record()), grid)
+            )
+            if server_round == recorder.first_round:
+                self.report(f"round {server_round}: sending S to {len(messages)} clients")
+            replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            aggregated, metrics = self.aggregate_train(server_round, replies)
+            missing = len(messages) - len(replies)
+            if aggregated is None:
+                reasons = "; ".join(self.last_round_failures) or "no reply arrived in time"
+                raise RuntimeError(
+                    f"round {server_round}: no usable client update ({reasons}); "
+                    f"S of round {server_round - 1} is saved, resume with "
+                    f"--run-config \"resume-from='{recorder.run_dir.path}'\""
+                )
+            images = torch.from_numpy(aggregated[IMAGES_KEY].numpy().copy())
+            recorder.end_round(
+                server_round,
+                images,
+                {
+                    "matching_loss": float(metrics["matching-loss"]),
+                    "clients_ok": len(replies) - len(self.last_round_failures),
+                    "clients_failed": len(self.last_round_failures) + missing,
+                    "local_update_seconds_sum": float(metrics["local-update-seconds-sum"]),
+                    "local_update_seconds_max": float(metrics["local-update-seconds-max"]),
+                    "round_seconds": round(time.monotonic() - started, 3),
+                    "bytes_sent": record_bytes(arrays) * len(messages),
+                    "bytes_received": sum(
+                        record_bytes(reply.content.array_records.get(SYNTHETIC_SET_KEY))
+                        for reply in replies
+                        if not reply.has_error()
+                    ),
+                },
+            )
+        return images

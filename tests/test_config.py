@@ -1,0 +1,130 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sfdd_flwr.config import CONF_DIR, ConfigError, Settings, load_preset, resolve_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject_defaults() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_pyproject_defaults_mirror_the_settings_defaults():
+    assert pyproject_defaults() == Settings().to_record()
+
+
+def test_every_shipped_preset_is_valid():
+    presets = sorted(CONF_DIR.glob("*.yaml"))
+    assert presets, "conf/ holds no presets"
+    for preset in presets:
+        settings = resolve_settings(pyproject_defaults() | {"preset": preset.stem}, {"preset": preset.stem})
+        assert settings.preset == preset.stem
+
+
+def test_precedence_defaults_then_preset_then_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("ipc: 10\nnum-eval: 2\n")
+    defaults = pyproject_defaults() | {"preset": "p"}
+    settings = resolve_settings(defaults, {}, conf_dir=tmp_path)
+    assert (settings.ipc, settings.num_eval, settings.seed) == (10, 2, 0)
+    fused = defaults | {"num-eval": 7, "seed": 3}
+    settings = resolve_settings(fused, {"num-eval": 7, "seed": 3}, conf_dir=tmp_path)
+    assert (settings.ipc, settings.num_eval, settings.seed) == (10, 7, 3)
+
+
+def test_override_equal_to_the_pyproject_default_still_beats_the_preset(tmp_path):
+    (tmp_path / "p.yaml").write_text("num-eval: 2\n")
+    fused = pyproject_defaults() | {"preset": "p", "num-eval": 5}
+    assert resolve_settings(fused, {"num-eval": 5}, conf_dir=tmp_path).num_eval == 5
+
+
+def test_preset_can_be_a_path_and_can_be_disabled(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("dataset: fashionmnist\n")
+    assert resolve_settings({"preset": str(preset)}).dataset == "fashionmnist"
+    assert resolve_settings({"preset": ""}).dataset == "mnist"
+
+
+def _one_line_error(values: dict, overrides: dict | None = None, conf_dir: Path = CONF_DIR) -> str:
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings({"preset": ""} | values, overrides, conf_dir)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("dataset", "imagenet", "one of cifar10, cifar100, fashionmnist, gtsrb, mnist, svhn"),
+        ("ipc", 0, ">= 1"),
+        ("lr-img", -0.1, "> 0"),
+        ("lr-net", 0.0, "> 0"),
+        ("num-server-rounds", 0, ">= 1"),
+        ("momentum-img", 1.5, "[0, 1)"),
+        ("ipc", "ten", "an integer"),
+        ("ipc", 2.5, "an integer"),
+        ("persist-momentum", "yes", "true or false"),
+        ("output-dir", "relative/out", "absolute"),
+        ("resume-from", "/nonexistent/run", "synthetic_set.pt"),
+        ("device", "tpu", "one of auto, cpu, cuda"),
+    ],
+)
+def test_invalid_values_name_key_value_and_what_is_allowed(key, value, fragment):
+    message = _one_line_error({key: value})
+    assert message.startswith(f"{key}={value!r} is not allowed")
+    assert fragment in message
+
+
+def test_unreadable_data_dir_is_rejected(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "data-dir=" in _one_line_error({"data-dir": str(a_file)})
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        import os
+
+        if os.access(locked, os.R_OK):  # root reads anything: nothing to check here
+            pytest.skip("running as root: permissions do not make a directory unreadable")
+        assert "data-dir=" in _one_line_error({"data-dir": str(locked)})
+    finally:
+        locked.chmod(0o700)
+
+
+def test_missing_preset_lists_the_available_ones():
+    message = _one_line_error({"preset": "nope"})
+    assert message.startswith("preset='nope' is not allowed")
+    assert "quickstart" in message
+
+
+def test_preset_with_unknown_or_bad_key_fails(tmp_path):
+    (tmp_path / "typo.yaml").write_text("ipcs: 10\n")
+    assert "unknown setting 'ipcs'" in _one_line_error({"preset": "typo"}, conf_dir=tmp_path)
+    (tmp_path / "bad.yaml").write_text("ipc: -1\n")
+    assert _one_line_error({"preset": "bad"}, conf_dir=tmp_path).startswith("ipc=-1")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert "key: value" in _one_line_error({"preset": "list"}, conf_dir=tmp_path)
+
+
+def test_load_preset_reads_the_quickstart():
+    assert load_preset("quickstart")["dataset"] == "mnist"
+
+
+def test_derived_views():
+    settings = Settings.from_mapping({"ipc": 10, "dataset": "cifar10"})
+    assert settings.loops == (10, 50)
+    assert settings.network_spec.channels == 3
+    assert settings.eval_params.epochs == 300 and not settings.eval_params.augment
+    mnist = Settings.from_mapping({"eval-epochs": 20})
+    assert mnist.eval_params.epochs == 20 and mnist.eval_params.augment
+    assert Settings.from_mapping({"outer-loop": 3, "inner-loop": 4}).loops == (3, 4)
+    assert Settings.from_mapping({"eval-augment": "off"}).eval_params.augment is False
+
+
+def test_settings_round_trip_through_a_record():
+    settings = Settings.from_mapping({"ipc": 10, "seed": 4, "lr-img": 1})
+    assert Settings.from_mapping(settings.to_record()) == settings
+    assert isinstance(settings.lr_img, float)

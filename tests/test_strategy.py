@@ -1,0 +1,188 @@
+"""The Strategy with hand-built Messages and an in-process grid running the real ClientApp."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from flower_helpers import InProcessGrid, delivered, error_reply
+from sfdd_flwr import client_app
+from sfdd_flwr.artifacts import load_synthetic_set
+from sfdd_flwr.config import Settings
+from sfdd_flwr.recorder import RunRecorder
+from sfdd_flwr.strategy import SFDDStrategy
+
+SHAPE = (10, 1, 28, 28)
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture
+def flwr_log():
+    """Records of Flower's logger (which does not propagate to the root logger)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("flwr")
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def tiny_settings(data_dir, tmp_path, **extra) -> Settings:
+    values = {
+        "preset": "", "data-dir": str(data_dir), "output-dir": str(tmp_path / "out"),
+        "run-name": "run", "net-width": 8, "batch-real": 8, "num-server-rounds": 2,
+        "eval-every": 1, "num-eval": 1, "eval-epochs": 2, "min-clients": 2,
+    }
+    return Settings.from_mapping(values | extra)
+
+
+def instruction(node_id: int) -> Message:
+    content = RecordDict({"config": ConfigRecord({"server-round": 1})})
+    return delivered(Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN), node_id)
+
+
+def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, **metrics) -> Message:
+    content = RecordDict()
+    if images is not None:
+        content["synthetic-set"] = ArrayRecord({"images": Array(images)})
+    content["metrics"] = MetricRecord(
+        {"num-examples": num_examples, "matching-loss": 1.0, "local-update-seconds": 0.5, **metrics}
+    )
+    return Message(content, reply_to=instruction(node_id))
+
+
+def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
+    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    replies = [
+        reply(1, np.full(SHAPE, 1.0, np.float32), num_examples=300),
+        reply(2, np.full(SHAPE, 5.0, np.float32), num_examples=100),
+    ]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert list(arrays.keys()) == ["images"]  # labels are never sent nor averaged
+    images = arrays["images"].numpy()
+    assert images.dtype == np.float32 and images.shape == SHAPE
+    assert np.allclose(images, 2.0)
+    assert metrics["num-examples"] == 400
+    assert metrics["local-update-seconds-sum"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("bad_reply", "fragment"),
+    [
+        (lambda: reply(9, np.full(SHAPE, np.nan, np.float32)), "NaN/Inf"),
+        (lambda: reply(9, np.full(SHAPE, np.inf, np.float32)), "NaN/Inf"),
+        (lambda: reply(9, np.zeros((10, 1, 28, 27), np.float32)), "shape"),
+        (lambda: reply(9, None), "missing ArrayRecord 'synthetic-set'"),
+        (lambda: Message(RecordDict({"synthetic-set": ArrayRecord({"images": Array(np.zeros(SHAPE, np.float32))})}),
+                         reply_to=instruction(9)), "missing MetricRecord 'metrics'"),
+        (lambda: reply(9, np.zeros(SHAPE, np.float32), num_examples=0), "num-examples"),
+        (lambda: error_reply(instruction(9), "ValueError: data does not fit"), "client error"),
+    ],
+)
+def test_bad_replies_are_rejected_naming_the_node_and_the_rest_aggregated(tmp_path, flwr_log, bad_reply, fragment):
+    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    good = [reply(1, np.full(SHAPE, 1.0, np.float32)), reply(2, np.full(SHAPE, 3.0, np.float32))]
+    arrays, _ = strategy.aggregate_train(4, [good[0], bad_reply(), good[1]])
+    assert np.allclose(arrays["images"].numpy(), 2.0)
+    assert len(strategy.last_round_failures) == 1
+    assert strategy.last_round_failures[0].startswith("node 9:")
+    messages = [record.getMessage() for record in flwr_log]
+    assert any("round 4" in m and "node 9" in m and fragment in m for m in messages), messages
+
+
+def test_a_round_with_only_bad_replies_aggregates_nothing(tmp_path):
+    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    arrays, metrics = strategy.aggregate_train(1, [reply(3, None)])
+    assert arrays is None and metrics is None
+
+
+def test_sampling_is_seeded_and_respects_fraction(tmp_path):
+    settings = tiny_settings("/tmp", tmp_path, **{"fraction-train": 0.5, "min-clients": 2})
+    strategy = SFDDStrategy(settings, report=lambda text: None)
+    grid = InProcessGrid({n: None for n in range(10, 20)})
+    pick = lambda rnd: [m.metadata.dst_node_id for m in strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)]
+    assert len(pick(1)) == 5
+    assert pick(1) == pick(1)
+    assert any(pick(1) != pick(r) for r in range(2, 6))
+
+
+def run_clients(settings, tmp_path, handlers=None, rounds=None):
+    grid = InProcessGrid(
+        handlers or {101: client_app.app, 102: client_app.app},
+        {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}},
+    )
+    lines = []
+    strategy = SFDDStrategy(settings, report=lines.append)
+    recorder = RunRecorder(settings, "sfdd", None, lines.append)
+    images = strategy.distill(grid, recorder)
+    return grid, recorder, images, lines
+
+
+def test_rounds_with_the_real_client_app_write_every_artifact(tiny_mnist_dir, tmp_path):
+    settings = tiny_settings(tiny_mnist_dir, tmp_path)
+    grid, recorder, images, lines = run_clients(settings, tmp_path)
+    run_dir = recorder.run_dir.path
+    assert run_dir == tmp_path / "out" / "run"
+    for name in ("config.yaml", "synthetic_set.pt", "synthetic_set_round_0002.pt", "metrics.jsonl",
+                 "grid_round_0001.png", "grid_round_0002.png"):
+        assert (run_dir / name).is_file(), name
+    saved = load_synthetic_set(run_dir)
+    assert saved.round == 2 and torch.equal(saved.images, images)
+    assert saved.labels.tolist() == [c for c in range(10)]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2]
+    serialized = len(Array(np.zeros(SHAPE, np.float32)).data)  # raw bytes + npy header
+    assert metrics[0]["clients_ok"] == 2
+    assert metrics[0]["bytes_sent"] == metrics[0]["bytes_received"] == 2 * serialized
+    assert any(line.startswith("round 2/2 | matching loss") and "ETA" in line for line in lines)
+    # clients keep their momentum between rounds (client state, never sent)
+    assert all("synthetic-velocity" in ctx.state.array_records for ctx in grid.contexts.values())
+
+
+def test_a_failing_client_does_not_stop_the_round(tiny_mnist_dir, tmp_path):
+    def broken(message, context):
+        return reply(103, np.full(SHAPE, np.nan, np.float32))
+
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1})
+    _, recorder, _, _ = run_clients(settings, tmp_path, {101: client_app.app, 102: client_app.app, 103: broken})
+    metrics = recorder.run_dir.read_metrics()
+    assert metrics[0]["clients_ok"] == 2 and metrics[0]["clients_failed"] == 1
+
+
+def test_no_usable_update_stops_the_run_with_a_resume_hint(tiny_mnist_dir, tmp_path):
+    settings = tiny_settings(tiny_mnist_dir, tmp_path)
+    broken = lambda message, context: error_reply(message, "out of memory")
+    with pytest.raises(RuntimeError, match="no usable client update.*out of memory.*resume-from"):
+        run_clients(settings, tmp_path, {101: broken, 102: broken})
+
+
+def test_resume_continues_at_the_next_round_and_matches_an_uninterrupted_run(tiny_mnist_dir, tmp_path):
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 3, "persist-momentum": False})
+    _, _, uninterrupted, _ = run_clients(settings, tmp_path)
+
+    # "kill" after round 2: a run configured for 2 rounds leaves the same checkpoint
+    first = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 2, "persist-momentum": False, "run-name": "cut"})
+    _, recorder, _, _ = run_clients(first, tmp_path)
+    run_dir = recorder.run_dir.path
+    resumed_settings = tiny_settings(
+        tiny_mnist_dir, tmp_path,
+        **{"num-server-rounds": 3, "persist-momentum": False, "resume-from": str(run_dir)},
+    )
+    grid, recorder, resumed, lines = run_clients(resumed_settings, tmp_path)
+    assert recorder.first_round == 3
+    assert {m.content["config"]["server-round"] for m in grid.sent} == {3}
+    assert [m["round"] for m in recorder.run_dir.read_metrics()] == [1, 2, 3]
+    assert torch.allclose(resumed, uninterrupted, atol=1e-6)
+    assert any("resuming" in line for line in lines)
