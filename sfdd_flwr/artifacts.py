@@ -101,12 +101,17 @@ class RunDirectory:
         return load_synthetic_set(self.file(SYNTHETIC_SET_FILE))
 
     def save_grid(self, images: torch.Tensor, spec: DatasetSpec, ipc: int, round_number: int) -> Path:
-        """A PNG of S in pixel space: one row per class, `ipc` images per row."""
+        """A PNG of S in pixel space: one row per class (one single row at IPC 1),
+        upscaled to at least 56 px per image so small images stay readable."""
         from torchvision.utils import save_image
 
         pixels = denormalise(images.detach().cpu().to(torch.float32), spec)
+        scale = max(1, 56 // pixels.shape[-1])
+        if scale > 1:
+            pixels = torch.nn.functional.interpolate(pixels, scale_factor=scale, mode="nearest")
+        per_row = spec.num_classes if ipc == 1 else ipc
         path = self.file(f"grid_round_{round_number:04d}.png")
-        _atomic_write(path, lambda p: save_image(pixels, str(p), nrow=ipc, padding=1, format="png"))
+        _atomic_write(path, lambda p: save_image(pixels, str(p), nrow=per_row, padding=2, format="png"))
         return path
 
     def read_metrics(self) -> list[dict[str, Any]]:

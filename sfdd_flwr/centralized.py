@@ -44,7 +44,7 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
     device = resolve_device(settings.device)
     report(f"loading {settings.dataset} from {settings.data_path}")
     train_set = load_split(settings.dataset, str(settings.data_path), train=True)
-    test_set = load_split(settings.dataset, str(settings.data_path), train=False)
+    test_set = load_split(settings.dataset, str(settings.data_path), train=False) if settings.num_eval else None
     pools = ClassPools(train_set.to(device), settings.dataset_spec.num_classes)
     recorder = RunRecorder(
         settings, "centralized", server_evaluator(settings, test_set, device, report), report

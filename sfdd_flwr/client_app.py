@@ -5,7 +5,7 @@ from __future__ import annotations
 from logging import INFO
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
@@ -17,6 +17,7 @@ from .seeding import derive_seed, make_generator
 from .strategy import CONFIG_KEY, IMAGES_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, SYNTHETIC_SET_KEY, images_record
 
 VELOCITY_STATE_KEY = "synthetic-velocity"
+ANNOUNCED_STATE_KEY = "announced"
 
 app = ClientApp()
 
@@ -52,6 +53,13 @@ def train(message: Message, context: Context) -> Message:
     device = resolve_device(settings.device)
     local_data = load_partition(request)
     pools = ClassPools(local_data.to(device), settings.dataset_spec.num_classes)
+    if ANNOUNCED_STATE_KEY not in context.state.config_records:
+        context.state[ANNOUNCED_STATE_KEY] = ConfigRecord({"round": server_round})
+        log(
+            INFO,
+            "client %d: %d local examples (per class %s), device %s, %d torch threads",
+            client, len(local_data), pools.class_counts(), device, torch.get_num_threads(),
+        )
 
     velocity = None
     if settings.persist_momentum and VELOCITY_STATE_KEY in context.state.array_records:

@@ -193,7 +193,7 @@ _RULES: dict[str, _Rule] = {
     "min_clients": _at_least(1),
     "round_timeout": _POSITIVE,
     "eval_every": _Rule(lambda v: v >= 0, "0 (evaluate only at the end) or an integer >= 1"),
-    "num_eval": _at_least(1),
+    "num_eval": _Rule(lambda v: v >= 0, "0 (no evaluation, pictures only) or an integer >= 1"),
     "eval_epochs": _Rule(lambda v: v >= 0, "0 (protocol default) or an integer >= 1"),
     "eval_augment": _choice(("auto", "on", "off")),
     "eval_lr": _POSITIVE,

@@ -50,11 +50,14 @@ def resolve_device(choice: str) -> torch.device:
 
 def server_evaluator(
     settings: Settings,
-    test_set: LabelledImages,
+    test_set: LabelledImages | None,
     device: torch.device,
     report: Callable[[str], None],
-) -> Evaluator:
-    """Evaluate S with the DC protocol on a test set the evaluating process holds."""
+) -> Evaluator | None:
+    """Evaluate S with the DC protocol on a test set the evaluating process holds
+    (None when `num-eval` is 0: pictures are still saved at evaluation rounds)."""
+    if settings.num_eval == 0 or test_set is None:
+        return None
     labels = synthetic_labels(settings.dataset_spec.num_classes, settings.ipc)
     test_on_device = test_set.to(device)
 

@@ -33,8 +33,10 @@ def main(grid: Grid, context: Context) -> None:
     try:
         settings = resolve_settings(context.run_config, explicit_overrides(grid))
         device = resolve_device(settings.device)
-        report(f"loading the {settings.dataset} test set from {settings.data_path} for evaluation")
-        test_set = load_split(settings.dataset, str(settings.data_path), train=False)
+        test_set = None
+        if settings.num_eval > 0:
+            report(f"loading the {settings.dataset} test set from {settings.data_path} for evaluation")
+            test_set = load_split(settings.dataset, str(settings.data_path), train=False)
     except (ConfigError, DataUnavailableError) as error:
         log(ERROR, "%s", error)
         raise SystemExit(f"sfdd-flwr: {error}") from None

@@ -1,0 +1,75 @@
+"""SFDD (5 clients, real `flwr run`) vs the centralized DC baseline on identical settings.
+
+    python benchmarks/compare_centralized.py --data-dir /path/to/datasets [--seeds 0 1 2]
+
+Both use the `compare` preset (MNIST, IPC 1, batch-real 64, 30 rounds/iterations, DC
+MNIST evaluation: 1000 epochs with augmentation, 10 models) and the same seeds, so the
+evaluation networks are initialised identically. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sfdd_flwr.launch import LocalSuperLink  # noqa: E402
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--clients", type=int, default=5)
+    parser.add_argument("--run-config", default="", help="extra settings for both runs")
+    parser.add_argument("--output-dir", default=None, help="keep the runs here (default: temporary)")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.output_dir or tmp).resolve()
+        for seed in args.seeds:
+            common = f"preset='compare' data-dir='{args.data_dir}' output-dir='{out}' seed={seed} {args.run_config}"
+            started = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
+                 f"{common} run-name='centralized-seed{seed}'"],
+                cwd=ROOT, check=True,
+            )
+            central_seconds = time.monotonic() - started
+            started = time.monotonic()
+            with LocalSuperLink(out / f"superlink-seed{seed}") as link:
+                result = link.run(f"{common} run-name='sfdd-seed{seed}' min-clients={args.clients}",
+                                  num_supernodes=args.clients)
+            if result.returncode != 0:
+                raise SystemExit(result.stdout + result.stderr)
+            sfdd_seconds = time.monotonic() - started
+            central, sfdd = summary(out / f"centralized-seed{seed}"), summary(out / f"sfdd-seed{seed}")
+            rows.append((seed, central, sfdd, central_seconds, sfdd_seconds))
+            print(json.dumps({"seed": seed, "centralized": central, "sfdd": sfdd}), flush=True)
+
+    print("| seed | centralized accuracy % | SFDD (5 clients) accuracy % | SFDD - centralized | wall s (central / SFDD) |")
+    print("| --- | --- | --- | --- | --- |")
+    for seed, central, sfdd, central_seconds, sfdd_seconds in rows:
+        c, f = central["final_accuracy_mean"], sfdd["final_accuracy_mean"]
+        print(f"| {seed} | {100 * c:.2f} ± {100 * central['final_accuracy_std']:.2f} | "
+              f"{100 * f:.2f} ± {100 * sfdd['final_accuracy_std']:.2f} | {100 * (f - c):+.2f} | "
+              f"{central_seconds:.0f} / {sfdd_seconds:.0f} |")
+    if len(rows) > 1:
+        gap = statistics.mean(r[2]["final_accuracy_mean"] - r[1]["final_accuracy_mean"] for r in rows)
+        print(f"\nmean SFDD - centralized over {len(rows)} seeds: {100 * gap:+.2f} points")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from sfdd_flwr.artifacts import RunDirectory, load_synthetic_set
+from sfdd_flwr.centralized import main, parse_run_config
+from sfdd_flwr.config import ConfigError
+
+
+def test_parse_run_config_reads_toml_values():
+    assert parse_run_config("ipc=10 dataset='cifar10' lr-img=0.5 persist-momentum=false") == {
+        "ipc": 10, "dataset": "cifar10", "lr-img": 0.5, "persist-momentum": False,
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_run_config("ipc")
+    with pytest.raises(ConfigError, match="TOML value"):
+        parse_run_config("dataset=cifar10")
+
+
+def test_centralized_baseline_runs_and_writes_the_same_artifacts(tiny_mnist_dir, tmp_path, capsys):
+    code = main([
+        "--run-config",
+        f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central'",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "SUMMARY centralized mnist IPC 1: 2 rounds" in out
+    run_dir = tmp_path / "central"
+    saved = load_synthetic_set(run_dir)
+    assert saved.round == 2 and saved.metadata["mode"] == "centralized"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
+
+
+def test_centralized_rejects_bad_settings_with_one_line(tiny_mnist_dir, capsys):
+    assert main(["--run-config", "preset='smoke' ipc=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sfdd-flwr: ipc=0 is not allowed: must be a number >= 1"
+
+
+def test_metrics_lines_cut_off_by_a_crash_are_dropped(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+    run_dir.prepare()
+    for round_number in (1, 2, 3):
+        run_dir.append_metrics({"round": round_number})
+    with run_dir.file("metrics.jsonl").open("a") as handle:
+        handle.write('{"round": 4, "matching_lo')
+    assert [r["round"] for r in run_dir.read_metrics()] == [1, 2, 3]
+    run_dir.keep_metrics_up_to(2)
+    assert [r["round"] for r in run_dir.read_metrics()] == [1, 2]
+
+
+def test_synthetic_set_files_hold_images_labels_and_metadata(tmp_path):
+    run_dir = RunDirectory(tmp_path)
+    images = torch.randn(4, 1, 28, 28)
+    path = run_dir.save_synthetic_set(images, torch.arange(4), {"round": 3, "dataset": "mnist"}, keep_round_copy=True)
+    assert path.name == "synthetic_set_round_0003.pt"
+    saved = load_synthetic_set(tmp_path / "synthetic_set.pt")
+    assert torch.equal(saved.images, images) and saved.labels.tolist() == [0, 1, 2, 3] and saved.round == 3
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
