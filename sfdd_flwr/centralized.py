@@ -62,6 +62,7 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
             device=device,
             velocity=velocity,
             progress=lambda text, it=iteration: report(f"iteration {it}: {text}"),
+            progress_seconds=settings.progress_seconds,
         )
         images = update.images
         velocity = update.velocity if settings.persist_momentum else None

@@ -76,6 +76,7 @@ def train(message: Message, context: Context) -> Message:
         device=device,
         velocity=velocity,
         progress=lambda text: log(INFO, "client %d, round %d: %s", client, server_round, text),
+        progress_seconds=settings.progress_seconds,
     )
     if settings.persist_momentum:
         context.state[VELOCITY_STATE_KEY] = images_record(update.velocity)

@@ -141,12 +141,13 @@ def local_distill_update(
     device: torch.device | str = "cpu",
     velocity: torch.Tensor | None = None,
     progress: Callable[[str], None] | None = None,
+    progress_seconds: float = 30.0,
 ) -> LocalUpdate:
     """One DC iteration of gradient matching of `synthetic_images` against `real`.
 
     `velocity` is the synthetic images' momentum buffer from an earlier call (None
     starts at zero, as a fresh torch SGD optimizer would). Classes without local real
-    images are left untouched. The returned matching loss is DC's `loss_avg`: the mean
+    images are left untouched. `progress` receives a line every `progress_seconds`. The returned matching loss is DC's `loss_avg`: the mean
     over matched (class, outer step) pairs.
     """
     started = time.monotonic()
@@ -170,7 +171,7 @@ def local_distill_update(
         network_parameters, lr=params.lr_network, momentum=params.momentum_network
     )
     present = [c for c, count in enumerate(real.class_counts()) if count > 0]
-    ticker = ProgressTicker(progress)
+    ticker = ProgressTicker(progress, progress_seconds)
     loss_sum, loss_terms = 0.0, 0
 
     for outer_step in range(params.outer_loop):

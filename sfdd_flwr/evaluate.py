@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import LabelledImages
-from .distill import train_network_epoch
+from .distill import ProgressTicker, train_network_epoch
 from .models import NetworkSpec, build_network
 from .seeding import derive_seed, make_generator
 
@@ -138,6 +138,7 @@ def train_on_synthetic(
     network: torch.nn.Module,
     params: EvalParams,
     generator: torch.Generator,
+    ticker: ProgressTicker | None = None,
 ) -> torch.nn.Module:
     """DC's `evaluate_synset` training: lr x0.1 (fresh optimizer) after half the epochs."""
     augment = (lambda batch: dc_augment(batch, generator)) if params.augment else None
@@ -155,6 +156,8 @@ def train_on_synthetic(
                 weight_decay=params.weight_decay,
             )
         train_network_epoch(network, optimizer, images, labels, params.batch_size, generator, augment)
+        if ticker is not None:
+            ticker.tick(lambda: f"evaluation training epoch {epoch + 1}/{params.epochs}")
     return network
 
 
@@ -168,6 +171,7 @@ def evaluate_synthetic_set(
     tag: object,
     device: torch.device | str = "cpu",
     progress: Callable[[str], None] | None = None,
+    progress_seconds: float = 30.0,
 ) -> EvalResult:
     """Accuracy of `params.num_models` fresh networks trained on (images, labels).
 
@@ -185,7 +189,9 @@ def evaluate_synthetic_set(
             network_spec, derive_seed(run_seed, "eval", tag, model_index, "network"), device
         )
         generator = make_generator(run_seed, "eval", tag, model_index, "training")
-        train_on_synthetic(images, labels, network, params, generator)
+        train_on_synthetic(
+            images, labels, network, params, generator, ProgressTicker(progress, progress_seconds)
+        )
         accuracy = test_accuracy(network, test)
         result.accuracies.append(accuracy)
         if progress is not None:

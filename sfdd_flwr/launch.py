@@ -157,7 +157,7 @@ class LocalSuperLink:
     def run_command(self, run_config: str, num_supernodes: int, num_cpus: float | None = None) -> list[str]:
         federation = f"num-supernodes={num_supernodes}"
         if num_cpus is not None:
-            federation += f" client-resources-num-cpus={num_cpus}"
+            federation += f" client-resources-num-cpus={num_cpus:g}"
         return [
             flower_command("flwr"), "run", str(PROJECT_ROOT), "--stream",
             "--federation-config", federation, "--run-config", run_config,

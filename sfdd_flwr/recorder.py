@@ -72,6 +72,7 @@ def server_evaluator(
             round_number,
             device,
             progress=report,
+            progress_seconds=settings.progress_seconds,
         )
 
     return evaluate
