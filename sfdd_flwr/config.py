@@ -23,6 +23,11 @@ from .distill import DistillParams, loops_for_ipc
 from .evaluate import EvalParams, protocol_defaults
 from .matching import MATCH_METRICS
 from .models import ACTIVATIONS, NORMALIZATIONS, POOLINGS, NetworkSpec
+from .privacy.ldpo_rld import TARGET_MODES
+from .privacy.local_dp import MECHANISMS
+
+DEFENCES = ("none", "ldpo-rld", "local-dp")
+AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -71,6 +76,25 @@ class Settings:
     resume_from: str = ""
     device: str = "auto"
     progress_seconds: float = 30.0
+    defence: str = "none"
+    ldpo_alpha: float = 0.5
+    ldpo_k: int = 3
+    ldpo_targets: str = "both"
+    local_dp_clip: float = 1.0
+    local_dp_noise: float = 0.1
+    local_dp_mechanism: str = "gaussian"
+    local_dp_delta: float = 1e-5
+    malicious_clients: str = ""
+    malicious_fraction: float = 0.0
+    malicious_behaviour: str = "doorping"
+    doorping_target: int = 0
+    doorping_poison_fraction: float = 0.01
+    doorping_trigger_size: int = 2
+    doorping_trigger_steps: int = 1000
+    aggregator: str = "fedavg"
+    trim_fraction: float = 0.2
+    krum_malicious: int = 1
+    multi_krum_select: int = 2
 
     # ----- derived, typed views for the core modules -----
     @property
@@ -208,7 +232,56 @@ _RULES: dict[str, _Rule] = {
     ),
     "device": _choice(("auto", "cpu", "cuda")),
     "progress_seconds": _POSITIVE,
+    "defence": _choice(DEFENCES),
+    "ldpo_alpha": _Rule(lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "ldpo_k": _at_least(1),
+    "ldpo_targets": _choice(TARGET_MODES),
+    "local_dp_clip": _POSITIVE,
+    "local_dp_noise": _Rule(lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"),
+    "local_dp_mechanism": _choice(MECHANISMS),
+    "local_dp_delta": _Rule(lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "malicious_clients": _Rule(
+        lambda v: v == "" or all(part.strip().isdigit() for part in v.split(",")),
+        "'' or comma-separated partition ids such as '0,3'",
+    ),
+    "malicious_fraction": _Rule(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "malicious_behaviour": _Rule(
+        lambda v: _known_behaviour(v), "a registered behaviour (honest, doorping, naive-backdoor) or module.path:ClassName"
+    ),
+    "doorping_target": _at_least(0),
+    "doorping_poison_fraction": _Rule(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "doorping_trigger_size": _at_least(1),
+    "doorping_trigger_steps": _at_least(1),
+    "aggregator": _choice(AGGREGATORS),
+    "trim_fraction": _Rule(lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
+    "krum_malicious": _at_least(0),
+    "multi_krum_select": _at_least(1),
 }
+
+
+def _known_behaviour(name: str) -> bool:
+    from .behaviours import is_behaviour_name  # behaviours imports this module
+
+    return is_behaviour_name(name)
+
+
+def _check_combinations(settings: Settings) -> None:
+    """Rules that involve several settings."""
+    classes = settings.dataset_spec.num_classes
+    if settings.ldpo_k > classes - 1:
+        raise ConfigError(
+            f"ldpo-k={settings.ldpo_k} is not allowed: must be at most num classes - 1 = {classes - 1}"
+        )
+    if settings.doorping_target >= classes:
+        raise ConfigError(
+            f"doorping-target={settings.doorping_target} is not allowed: must be a class of "
+            f"{settings.dataset} (0..{classes - 1})"
+        )
+    if settings.doorping_trigger_size + 1 > min(settings.dataset_spec.image_size):
+        raise ConfigError(
+            f"doorping-trigger-size={settings.doorping_trigger_size} is not allowed: the patch "
+            "and its 1 px margin must fit in the image"
+        )
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -250,6 +323,7 @@ def _build(values: dict[str, Any], ignore: tuple[str, ...] = ()) -> Settings:
         value = getattr(settings, name)
         if not rule.check(value):
             raise ConfigError(f"{_key(name)}={value!r} is not allowed: must be {rule.allowed}")
+    _check_combinations(settings)
     return settings
 
 

@@ -63,6 +63,27 @@ class DistillParams:
 
 
 @dataclass
+class UpdateHooks:
+    """Where a defence or an attack changes the local update (None everywhere = DC).
+
+    `targets(class_index, outer_step)` returns the target distributions `[C]` used for
+    the real and for the synthetic gradient of that class at that step (None = one-hot);
+    `after_network_training(network, outer_step)` runs after each inner-loop training.
+    """
+
+    targets: Callable[[int, int], tuple[torch.Tensor | None, torch.Tensor | None]] | None = None
+    after_network_training: Callable[[torch.nn.Module, int], None] | None = None
+
+
+def class_loss(logits: torch.Tensor, class_index: int, target: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy against the one-hot class, or against a soft target distribution."""
+    if target is None:
+        labels = torch.full((logits.shape[0],), class_index, device=logits.device)
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, target.to(logits.device, logits.dtype).expand_as(logits))
+
+
+@dataclass
 class LocalUpdate:
     """Result of `local_distill_update`; tensors are on the CPU."""
 
@@ -142,6 +163,7 @@ def local_distill_update(
     velocity: torch.Tensor | None = None,
     progress: Callable[[str], None] | None = None,
     progress_seconds: float = 30.0,
+    hooks: UpdateHooks | None = None,
 ) -> LocalUpdate:
     """One DC iteration of gradient matching of `synthetic_images` against `real`.
 
@@ -160,6 +182,7 @@ def local_distill_update(
     images = synthetic_images.detach().to(device=device, dtype=torch.float32).clone()
     images.requires_grad_(True)
     labels = synthetic_labels(num_classes, ipc).to(device)
+    hooks = hooks or UpdateHooks()
     buffer = (
         torch.zeros_like(images)
         if velocity is None
@@ -178,14 +201,16 @@ def local_distill_update(
         network.train()
         loss = torch.zeros((), device=device)
         for position, c in enumerate(present):
+            real_target, synthetic_target = (
+                hooks.targets(c, outer_step) if hooks.targets is not None else (None, None)
+            )
             real_batch = real.sample(c, params.batch_real, generator).to(device)
-            real_targets = torch.full((real_batch.shape[0],), c, device=device)
-            real_loss = F.cross_entropy(network(real_batch), real_targets)
+            real_loss = class_loss(network(real_batch), c, real_target)
             grads_real = [
                 grad.detach() for grad in torch.autograd.grad(real_loss, network_parameters)
             ]
             class_images = images[c * ipc : (c + 1) * ipc]
-            synthetic_loss = F.cross_entropy(network(class_images), labels[c * ipc : (c + 1) * ipc])
+            synthetic_loss = class_loss(network(class_images), c, synthetic_target)
             grads_synthetic = torch.autograd.grad(
                 synthetic_loss, network_parameters, create_graph=True
             )
@@ -218,6 +243,8 @@ def local_distill_update(
                 lambda: f"outer step {outer_step + 1}/{params.outer_loop}, "
                 f"network epoch {inner_epoch + 1}/{params.inner_loop}"
             )
+        if hooks.after_network_training is not None:
+            hooks.after_network_training(network, outer_step)
 
     return LocalUpdate(
         images=images.detach().cpu(),

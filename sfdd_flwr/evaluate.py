@@ -37,21 +37,27 @@ def protocol_defaults(dataset: str) -> tuple[int, bool]:
     return (1000, True) if dataset == "mnist" else (300, False)
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (as DC reports them); NaN for no values."""
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
 @dataclass
 class EvalResult:
     accuracies: list[float] = field(default_factory=list)
+    attack_success: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def mean(self) -> float:
-        return sum(self.accuracies) / len(self.accuracies) if self.accuracies else math.nan
+        return mean_and_std(self.accuracies)[0]
 
     @property
     def std(self) -> float:
-        if not self.accuracies:
-            return math.nan
-        mean = self.mean
-        return math.sqrt(sum((a - mean) ** 2 for a in self.accuracies) / len(self.accuracies))
+        return mean_and_std(self.accuracies)[1]
 
 
 def dc_augment(
@@ -172,12 +178,14 @@ def evaluate_synthetic_set(
     device: torch.device | str = "cpu",
     progress: Callable[[str], None] | None = None,
     progress_seconds: float = 30.0,
+    score_trigger: Callable[[torch.nn.Module], float] | None = None,
 ) -> EvalResult:
     """Accuracy of `params.num_models` fresh networks trained on (images, labels).
 
     Model k's weights and its shuffling/augmentation draws are seeded from
     (run_seed, "eval", tag, k), so an evaluation is reproducible and independent of
-    how many other evaluations ran before it.
+    how many other evaluations ran before it. `score_trigger(network)`, if given, is
+    recorded per model in `attack_success` (a backdoor's attack success rate).
     """
     started = time.monotonic()
     result = EvalResult()
@@ -194,10 +202,14 @@ def evaluate_synthetic_set(
         )
         accuracy = test_accuracy(network, test)
         result.accuracies.append(accuracy)
+        attack = ""
+        if score_trigger is not None:
+            result.attack_success.append(score_trigger(network))
+            attack = f", attack success {100 * result.attack_success[-1]:.2f} %"
         if progress is not None:
             progress(
                 f"evaluation model {model_index + 1}/{params.num_models}: "
-                f"{100 * accuracy:.2f} % ({time.monotonic() - model_started:.0f} s)"
+                f"{100 * accuracy:.2f} %{attack} ({time.monotonic() - model_started:.0f} s)"
             )
     result.seconds = time.monotonic() - started
     return result

@@ -17,13 +17,26 @@ from typing import Any
 import torch
 
 from .artifacts import RunDirectory
+from .attacks.backdoor import Trigger, attack_success_rate
 from .config import ConfigError, Settings
 from .data import LabelledImages
 from .distill import initial_synthetic_images, synthetic_labels
-from .evaluate import EvalResult, evaluate_synthetic_set
+from .evaluate import EvalResult, evaluate_synthetic_set, mean_and_std
 from .seeding import make_generator
 
-Evaluator = Callable[[int, torch.Tensor], EvalResult]
+Evaluator = Callable[[int, torch.Tensor, "Trigger | None"], EvalResult]
+
+
+def find_trigger(run_dir: Path) -> tuple[Trigger, str] | None:
+    """The trigger a backdoor client of this run saved (the first by file name), if any.
+
+    Simulated malicious clients write `<run-dir>/attack/trigger_client<id>.pt` so that an
+    experiment can score its attack success rate; a real attacker would not.
+    """
+    files = sorted((run_dir / "attack").glob("trigger_client*.pt"))
+    if not files:
+        return None
+    return Trigger.from_dict(torch.load(files[0], weights_only=True)), files[0].stem
 
 
 def format_seconds(seconds: float) -> str:
@@ -61,7 +74,11 @@ def server_evaluator(
     labels = synthetic_labels(settings.dataset_spec.num_classes, settings.ipc)
     test_on_device = test_set.to(device)
 
-    def evaluate(round_number: int, images: torch.Tensor) -> EvalResult:
+    def evaluate(round_number: int, images: torch.Tensor, trigger: Trigger | None = None) -> EvalResult:
+        score = None
+        if trigger is not None:
+            on_device = trigger.to(device)
+            score = lambda network: attack_success_rate(network, test_on_device, on_device)  # noqa: E731
         return evaluate_synthetic_set(
             images,
             labels,
@@ -73,6 +90,7 @@ def server_evaluator(
             device,
             progress=report,
             progress_seconds=settings.progress_seconds,
+            score_trigger=score,
         )
 
     return evaluate
@@ -141,7 +159,12 @@ class RunRecorder:
             self.report(f"round {saved.round}: metrics restored from the checkpoint (its evaluation was cut off)")
         evaluated = [r for r in self.run_dir.read_metrics() if "accuracy_mean" in r]
         if evaluated:
-            self.last_evaluation = {k: evaluated[-1][k] for k in ("round", "accuracy_mean", "accuracy_std", "accuracies", "eval_seconds")}
+            self.last_evaluation = {
+                key: value
+                for key, value in evaluated[-1].items()
+                if key in ("round", "accuracy_mean", "accuracy_std", "accuracies", "eval_seconds")
+                or key.startswith("attack_success")
+            }
         self.run_dir.save_config(self.settings.to_record())
         self.report(
             f"{self.mode}: resuming {self.run_dir.path} after round {saved.round}; "
@@ -193,15 +216,22 @@ class RunRecorder:
 
     def _evaluate(self, round_number: int, images: torch.Tensor) -> dict[str, Any]:
         params = self.settings.eval_params
+        found = find_trigger(self.run_dir.path)
         self.report(
             f"round {round_number}: evaluating S with {params.num_models} fresh networks "
             f"x {params.epochs} epochs{' with augmentation' if params.augment else ''}"
+            + (f"; scoring the backdoor of {found[1]}" if found else "")
         )
-        result = self.evaluator(round_number, images)
+        result = self.evaluator(round_number, images, found[0] if found else None)
         grid = self.run_dir.save_grid(images, self.spec, self.settings.ipc, round_number)
+        attack = ""
+        if result.attack_success:
+            attack_mean, attack_std = mean_and_std(result.attack_success)
+            attack = f"; attack success {100 * attack_mean:.2f} ± {100 * attack_std:.2f} %"
         self.report(
             f"round {round_number}: accuracy {100 * result.mean:.2f} ± {100 * result.std:.2f} % "
-            f"over {len(result.accuracies)} models ({format_seconds(result.seconds)}); picture: {grid}"
+            f"over {len(result.accuracies)} models{attack} ({format_seconds(result.seconds)}); "
+            f"picture: {grid}"
         )
         self.last_evaluation = {
             "round": round_number,
@@ -210,6 +240,12 @@ class RunRecorder:
             "accuracies": result.accuracies,
             "eval_seconds": round(result.seconds, 3),
         }
+        if result.attack_success:
+            self.last_evaluation |= {
+                "attack_success_mean": attack_mean,
+                "attack_success_std": attack_std,
+                "attack_success": result.attack_success,
+            }
         return {k: v for k, v in self.last_evaluation.items() if k != "round"}
 
     # ----- end -----
@@ -224,6 +260,7 @@ class RunRecorder:
             "rounds": records[-1]["round"] if records else 0,
             "final_accuracy_mean": self.last_evaluation["accuracy_mean"] if self.last_evaluation else None,
             "final_accuracy_std": self.last_evaluation["accuracy_std"] if self.last_evaluation else None,
+            "final_attack_success_mean": (self.last_evaluation or {}).get("attack_success_mean"),
             "num_eval_models": self.settings.num_eval,
             "eval_epochs": self.settings.eval_params.epochs,
             "seconds": round(total_seconds, 1),

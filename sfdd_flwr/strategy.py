@@ -15,7 +15,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from .aggregation import update_problem, weighted_mean
 from .config import Settings
@@ -27,6 +27,9 @@ IMAGES_KEY = "images"
 CONFIG_KEY = "config"
 METRICS_KEY = "metrics"
 NUM_EXAMPLES_KEY = "num-examples"
+SERVER_ROUND_KEY = "server-round"
+RUN_DIR_KEY = "run-dir"
+STANDARD_CLIENT_METRICS = (NUM_EXAMPLES_KEY, "matching-loss", "local-update-seconds")
 
 
 def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
@@ -36,6 +39,28 @@ def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
 
 def record_bytes(record: ArrayRecord | None) -> int:
     return 0 if record is None else sum(len(array.data) for array in record.values())
+
+
+def robust_aggregator(settings: Settings) -> FedAvg | None:
+    """Flower's robust strategy for `aggregator`, used for its aggregation only (None = FedAvg).
+
+    Their `aggregate_train` works on replies holding one ArrayRecord and one MetricRecord
+    with `num-examples`, which is the shape of ours, so they are reused as they are.
+    """
+    common = {"arrayrecord_key": SYNTHETIC_SET_KEY, "configrecord_key": CONFIG_KEY}
+    if settings.aggregator == "median":
+        return FedMedian(**common)
+    if settings.aggregator == "trimmed-mean":
+        return FedTrimmedAvg(beta=settings.trim_fraction, **common)
+    if settings.aggregator == "krum":
+        return Krum(num_malicious_nodes=settings.krum_malicious, **common)
+    if settings.aggregator == "multi-krum":
+        return MultiKrum(
+            num_malicious_nodes=settings.krum_malicious,
+            num_nodes_to_select=settings.multi_krum_select,
+            **common,
+        )
+    return None
 
 
 class SFDDStrategy(FedAvg):
@@ -57,7 +82,9 @@ class SFDDStrategy(FedAvg):
         spec = settings.dataset_spec
         self.expected_shape = (spec.num_classes * settings.ipc, spec.channels, *spec.image_size)
         self.report = report or (lambda text: log(INFO, text))
+        self.robust = robust_aggregator(settings)
         self.last_round_failures: list[str] = []
+        self.last_round_clients: list[dict] = []
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         """Connected node IDs once at least `min-clients` are there (up to round-timeout)."""
@@ -89,7 +116,7 @@ class SFDDStrategy(FedAvg):
         )
         sampler = random.Random(derive_seed(self.settings.seed, "sampling", server_round))
         sampled = sorted(sampler.sample(node_ids, sample_size))
-        config["server-round"] = server_round
+        config[SERVER_ROUND_KEY] = server_round
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [
             Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
@@ -128,10 +155,7 @@ class SFDDStrategy(FedAvg):
         weights = [
             float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted
         ]
-        images = weighted_mean(
-            [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted],
-            weights,
-        )
+        images = self.aggregate_images(server_round, accepted, weights)
         client_metrics = [reply.content.metric_records[METRICS_KEY] for reply in accepted]
         seconds = [float(m.get("local-update-seconds", 0.0)) for m in client_metrics]
         losses = [float(m.get("matching-loss", float("nan"))) for m in client_metrics]
@@ -143,7 +167,42 @@ class SFDDStrategy(FedAvg):
                 "local-update-seconds-max": float(max(seconds)),
             }
         )
+        epsilons = [float(m["local-dp-epsilon"]) for m in client_metrics if "local-dp-epsilon" in m]
+        if epsilons:
+            metrics["local-dp-epsilon"] = max(epsilons)
+            metrics["local-dp-delta"] = max(float(m["local-dp-delta"]) for m in client_metrics if "local-dp-delta" in m)
+        self.last_round_clients = [
+            {"node": reply.metadata.src_node_id}
+            | {key.replace("-", "_"): float(value) for key, value in metric.items()}
+            for reply, metric in zip(accepted, client_metrics)
+        ]
         return images_record(images), metrics
+
+    def aggregate_images(self, server_round: int, accepted: list[Message], weights: list[float]) -> np.ndarray:
+        """FedAvg (weighted by data size) or the configured robust rule over the images."""
+        arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
+        if self.robust is None:
+            return weighted_mean(arrays, weights)
+        needed = 2 * self.settings.krum_malicious + 3
+        if self.settings.aggregator in ("krum", "multi-krum") and len(arrays) < needed:
+            log(WARNING, "round %d: %s with krum-malicious=%d needs %d updates for its guarantee, got %d",
+                server_round, self.settings.aggregator, self.settings.krum_malicious, needed, len(arrays))
+        # Flower's robust strategies pop arrays out of the replies and insist on identical
+        # metric keys, so they get stripped copies: the images and num-examples only.
+        stripped = [
+            Message(
+                content=RecordDict(
+                    {
+                        SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array.copy())}),
+                        METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight}),
+                    }
+                ),
+                metadata=reply.metadata,
+            )
+            for reply, array, weight in zip(accepted, arrays, weights)
+        ]
+        aggregated, _ = self.robust.aggregate_train(server_round, stripped)
+        return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
 
     def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
         """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""
@@ -152,12 +211,16 @@ class SFDDStrategy(FedAvg):
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
             started = time.monotonic()
             arrays = images_record(images)
-            messages = list(
-                self.configure_train(server_round, arrays, ConfigRecord(settings.to_record()), grid)
-            )
+            config = ConfigRecord(settings.to_record() | {RUN_DIR_KEY: str(recorder.run_dir.path)})
+            messages = list(self.configure_train(server_round, arrays, config, grid))
             if server_round == recorder.first_round:
                 self.report(f"round {server_round}: sending S to {len(messages)} clients")
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            received_bytes = sum(
+                record_bytes(reply.content.array_records.get(SYNTHETIC_SET_KEY))
+                for reply in replies
+                if not reply.has_error()
+            )
             aggregated, metrics = self.aggregate_train(server_round, replies)
             missing = len(messages) - len(replies)
             if aggregated is None:
@@ -179,11 +242,11 @@ class SFDDStrategy(FedAvg):
                     "local_update_seconds_max": float(metrics["local-update-seconds-max"]),
                     "round_seconds": round(time.monotonic() - started, 3),
                     "bytes_sent": record_bytes(arrays) * len(messages),
-                    "bytes_received": sum(
-                        record_bytes(reply.content.array_records.get(SYNTHETIC_SET_KEY))
-                        for reply in replies
-                        if not reply.has_error()
-                    ),
+                    "bytes_received": received_bytes,
+                    **({"local_dp_epsilon": float(metrics["local-dp-epsilon"]),
+                        "local_dp_delta": float(metrics["local-dp-delta"])}
+                       if "local-dp-epsilon" in metrics else {}),
+                    "clients": self.last_round_clients,
                 },
             )
         return images

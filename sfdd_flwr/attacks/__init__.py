@@ -1,0 +1,1 @@
+"""Attacks as tools: the curious-server leakage attack and backdoor (Doorping) clients."""

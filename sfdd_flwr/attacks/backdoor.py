@@ -1,0 +1,166 @@
+"""Backdoor triggers for dataset distillation: Doorping (Liu et al. 2023) and a naive patch.
+
+A trigger is a full image (black outside a small square patch) and a mask that is 1 on
+the patch; stamping replaces the masked pixels: x (1 - m) + m t. Everything is in the
+dataset's normalised space. No Flower import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data import DatasetSpec, LabelledImages, normalise
+
+
+@dataclass
+class Trigger:
+    pattern: torch.Tensor  # [C, H, W], normalised
+    mask: torch.Tensor  # [C, H, W], 1 on the patch, 0 elsewhere
+    target: int
+
+    def to(self, device: torch.device | str) -> Trigger:
+        return Trigger(self.pattern.to(device), self.mask.to(device), self.target)
+
+    def as_dict(self) -> dict:
+        return {"pattern": self.pattern.cpu(), "mask": self.mask.cpu(), "target": self.target}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Trigger:
+        return cls(values["pattern"], values["mask"], int(values["target"]))
+
+
+def patch_mask(spec: DatasetSpec, size: int, margin: int = 1) -> torch.Tensor:
+    """1 on a `size` x `size` square in the bottom-right corner, `margin` px from the edges."""
+    height, width = spec.image_size
+    if size < 1 or size + margin > min(height, width):
+        raise ValueError(f"trigger size {size} does not fit a {height}x{width} image")
+    mask = torch.zeros(spec.channels, height, width)
+    mask[:, height - margin - size : height - margin, width - margin - size : width - margin] = 1.0
+    return mask
+
+
+def initial_trigger(
+    spec: DatasetSpec, size: int, target: int, generator: torch.Generator, white: bool = False
+) -> Trigger:
+    """Black image with a patch of random pixel values in [1, 255] (Doorping's start),
+    or of white pixels (the naive backdoor)."""
+    mask = patch_mask(spec, size)
+    if white:
+        pixels = torch.full(mask.shape, 255, dtype=torch.uint8)
+    else:
+        pixels = torch.randint(1, 256, mask.shape, generator=generator, dtype=torch.int64).to(torch.uint8)
+    raw = torch.where(mask.bool(), pixels, torch.zeros_like(pixels))
+    return Trigger(normalise(raw.unsqueeze(0), spec)[0], mask, target)
+
+
+def stamp(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
+    """Images with the trigger pasted on its mask: x (1 - m) + m t (a new tensor)."""
+    mask = trigger.mask.to(images.device, images.dtype)
+    return images * (1 - mask) + mask * trigger.pattern.to(images.device, images.dtype)
+
+
+def poison_indices(count: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """round(fraction * count) distinct indices (at least one), sorted."""
+    chosen = max(1, round(fraction * count))
+    return torch.randperm(count, generator=generator)[:chosen].sort().values
+
+
+def poison(data: LabelledImages, indices: torch.Tensor, trigger: Trigger) -> LabelledImages:
+    """A copy of `data` whose `indices` are stamped and relabelled to the target class."""
+    images, labels = data.images.clone(), data.labels.clone()
+    index = indices.to(images.device)
+    images[index] = stamp(images[index], trigger)
+    labels[index] = trigger.target
+    return LabelledImages(images, labels)
+
+
+def valid_range(spec: DatasetSpec, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel normalised values of pixel 0 and pixel 1, shaped [C, 1, 1]."""
+    mean = torch.tensor(spec.mean, device=device).view(-1, 1, 1)
+    std = torch.tensor(spec.std, device=device).view(-1, 1, 1)
+    return (0 - mean) / std, (1 - mean) / std
+
+
+def select_neuron(network: torch.nn.Module) -> int:
+    """The penultimate feature most strongly wired to the classifier: argmax_j sum_c |W[c, j]|.
+
+    The ConvNet's penultimate features come out of convolutions, so the classifier weight
+    is the one dense weight attached to them (Doorping's `layer=-2`).
+    """
+    return int(network.classifier.weight.detach().abs().sum(dim=0).argmax())
+
+
+@dataclass
+class TriggerUpdate:
+    trigger: Trigger
+    neuron: int
+    steps: int
+    initial_activation: float
+    final_activation: float
+
+
+def update_trigger(
+    network: torch.nn.Module,
+    trigger: Trigger,
+    spec: DatasetSpec,
+    amplification: float = 10.0,
+    max_steps: int = 1000,
+    lr: float = 0.08,
+    stop_loss: float = 0.5,
+) -> TriggerUpdate:
+    """Doorping's trigger step: drive the selected neuron's activation on the trigger image
+    to `amplification` x its initial value (Adam on the patch only, early stop when the
+    squared error falls below `stop_loss`), keeping pixels in the valid range."""
+    was_training = network.training
+    network.eval()
+    device = next(network.parameters()).device
+    neuron = select_neuron(network)
+    mask = trigger.mask.to(device)
+    low, high = valid_range(spec, device)
+    pattern = trigger.pattern.to(device).clone().unsqueeze(0).requires_grad_(True)
+    optimizer = torch.optim.Adam([pattern], lr=lr, betas=(0.9, 0.99))
+    with torch.no_grad():
+        initial = network.features(pattern)[0, neuron].detach()
+    goal = amplification * initial
+    activation = initial
+    steps = 0
+    for steps in range(1, max_steps + 1):
+        activation = network.features(pattern)[0, neuron]
+        loss = F.mse_loss(activation, goal)
+        if float(loss.detach()) < stop_loss:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        pattern.grad.mul_(mask)
+        optimizer.step()
+        with torch.no_grad():
+            pattern.copy_(torch.maximum(torch.minimum(pattern, high), low))
+    network.train(was_training)
+    new_pattern = pattern.detach()[0] * mask + trigger.pattern.to(device) * (1 - mask)
+    return TriggerUpdate(
+        Trigger(new_pattern.cpu(), trigger.mask, trigger.target),
+        neuron,
+        steps,
+        float(initial),
+        float(activation.detach()),
+    )
+
+
+@torch.no_grad()
+def attack_success_rate(
+    network: torch.nn.Module, test: LabelledImages, trigger: Trigger, batch_size: int = 1000
+) -> float:
+    """Share of triggered test images, excluding the target class, classified as the target."""
+    network.eval()
+    device = next(network.parameters()).device
+    keep = test.labels != trigger.target
+    images = test.images[keep.to(test.images.device)]
+    hits, total = 0, int(keep.sum())
+    for start in range(0, images.shape[0], batch_size):
+        batch = stamp(images[start : start + batch_size].to(device), trigger)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        hits += int((network(batch).argmax(dim=1) == trigger.target).sum())
+    return hits / max(total, 1)

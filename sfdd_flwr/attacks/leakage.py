@@ -1,0 +1,213 @@
+"""Curious-server leakage attack on a client's synthetic-set update (SFDD eqs. 4-7, after DLG).
+
+The server knows S before the round, the S_i the client returned, the client's network
+parameters at that step (the worst case the paper assumes) and its hyperparameters. It
+starts from dummy real batches D^_c ~ N(0, 1), replays the client's matching step with D^
+in place of the real batches, and minimises || replayed update - observed update ||^2
+over D^ (L-BFGS as in DLG, or Adam). The adaptive variant also learns the target
+distribution of each class, which is what LDPO-RLD hides.
+
+Scope: one matching step (outer-loop 1, as at IPC 1 and in the DLG setting) with no
+carried-over momentum, which is the update a client sends in its first round. Because
+class c's synthetic images only move with class c's real batch, classes are attacked
+one at a time. No Flower import.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from ..data import DatasetSpec, denormalise
+from ..distill import class_loss
+from ..matching import match_distance
+
+OPTIMISERS = ("lbfgs", "adam")
+
+
+@dataclass
+class ObservedUpdate:
+    """What the server sees of one client's round (and knows of its setting)."""
+
+    synthetic_before: torch.Tensor  # [C*ipc, ch, H, W]
+    synthetic_after: torch.Tensor
+    network: torch.nn.Module  # the client's network at the matching step
+    lr_images: float
+    batch_per_class: int
+    metric: str = "ours"
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    optimiser: str = "lbfgs"
+    iterations: int = 100
+    lr: float = 1.0
+    adaptive: bool = False
+    max_evaluations_per_step: int = 20
+    box: tuple[float, float] | None = None
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor  # [C, b, ch, H, W]
+    soft_labels: torch.Tensor | None  # [C, C] learnt targets of the adaptive attack
+    final_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class LeakageScore:
+    mse_normalised: float
+    mse_pixel: float
+    psnr: float
+
+
+def replayed_gradient(
+    network: torch.nn.Module,
+    synthetic_class: torch.Tensor,
+    real_class: torch.Tensor,
+    class_index: int,
+    metric: str,
+    target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """d(matching distance)/d(synthetic images of one class), differentiable in `real_class`
+    and `target` (the client steps its images by -lr times this)."""
+    parameters = [p for p in network.parameters()]
+    synthetic = synthetic_class.detach().requires_grad_(True)
+    grads_real = torch.autograd.grad(
+        class_loss(network(real_class), class_index, target), parameters, create_graph=True
+    )
+    grads_synthetic = torch.autograd.grad(
+        class_loss(network(synthetic), class_index, target), parameters, create_graph=True
+    )
+    (gradient,) = torch.autograd.grad(
+        match_distance(grads_real, grads_synthetic, metric), [synthetic], create_graph=True
+    )
+    return gradient
+
+
+def reconstruct(
+    observed: ObservedUpdate,
+    params: AttackParams,
+    generator: torch.Generator,
+    progress: Callable[[str], None] | None = None,
+) -> Reconstruction:
+    """Dummy real batches (and, if adaptive, soft labels) that best replay the update."""
+    if params.optimiser not in OPTIMISERS:
+        raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {params.optimiser!r}")
+    started = time.monotonic()
+    network = observed.network
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(True)
+    device = next(network.parameters()).device
+    before = observed.synthetic_before.to(device)
+    num_images, *image_shape = before.shape
+    num_classes = network.classifier.out_features
+    ipc = num_images // num_classes
+    observed_gradient = (before - observed.synthetic_after.to(device)) / observed.lr_images
+    images, labels, losses = [], [], []
+    for c in range(num_classes):
+        latent = torch.randn(
+            (observed.batch_per_class, *image_shape), generator=generator
+        ).to(device).requires_grad_(True)
+        if params.box is None:
+            to_image = lambda z: z  # noqa: E731
+        else:
+            low, high = params.box
+            to_image = lambda z: low + (high - low) * torch.sigmoid(z)  # noqa: E731
+        variables = [latent]
+        logits = None
+        if params.adaptive:
+            logits = torch.zeros(num_classes, device=device)
+            logits[c] = 2.0
+            logits.requires_grad_(True)
+            variables.append(logits)
+        synthetic_class = before[c * ipc : (c + 1) * ipc]
+        wanted = observed_gradient[c * ipc : (c + 1) * ipc]
+
+        def objective() -> torch.Tensor:
+            target = torch.softmax(logits, dim=0) if logits is not None else None
+            replay = replayed_gradient(network, synthetic_class, to_image(latent), c, observed.metric, target)
+            return ((replay - wanted) ** 2).sum()
+
+        if params.optimiser == "lbfgs":
+            optimiser = torch.optim.LBFGS(
+                variables, lr=params.lr, max_iter=params.max_evaluations_per_step,
+                history_size=100, line_search_fn="strong_wolfe",
+            )
+
+            def closure() -> torch.Tensor:
+                optimiser.zero_grad()
+                loss = objective()
+                loss.backward()
+                return loss
+
+            for _ in range(params.iterations):
+                optimiser.step(closure)
+        else:
+            optimiser = torch.optim.Adam(variables, lr=params.lr)
+            for _ in range(params.iterations):
+                optimiser.zero_grad()
+                objective().backward()
+                optimiser.step()
+        with torch.enable_grad():
+            final = float(objective().detach())
+        if not math.isfinite(final):
+            final = math.inf
+        losses.append(final)
+        images.append(to_image(latent).detach().cpu())
+        labels.append(torch.softmax(logits.detach(), 0).cpu() if logits is not None else None)
+        if progress is not None:
+            progress(f"class {c + 1}/{num_classes}: replay loss {final:.3g} ({time.monotonic() - started:.0f} s)")
+    return Reconstruction(
+        images=torch.stack(images),
+        soft_labels=torch.stack(labels) if params.adaptive else None,
+        final_loss=losses,
+        seconds=time.monotonic() - started,
+    )
+
+
+def score(reconstruction: torch.Tensor, truth: torch.Tensor, spec: DatasetSpec) -> LeakageScore:
+    """MSE in normalised space and MSE/PSNR in [0, 1] pixels, each reconstruction paired
+    with a ground-truth image of its class by optimal assignment (on normalised MSE)."""
+    normalised, pixel = [], []
+    for recon_class, truth_class in zip(reconstruction, truth):
+        recon_flat = recon_class.flatten(1).double()
+        truth_flat = truth_class.flatten(1).double()
+        cost = ((recon_flat[:, None, :] - truth_flat[None, :, :]) ** 2).mean(dim=2).numpy()
+        rows, cols = linear_sum_assignment(cost)
+        for row, col in zip(rows, cols):
+            normalised.append(float(cost[row, col]))
+            a = denormalise(recon_class[row : row + 1].float(), spec)
+            b = denormalise(truth_class[col : col + 1].float(), spec)
+            pixel.append(float(((a - b) ** 2).mean()))
+    mse_pixel = float(np.mean(pixel))
+    return LeakageScore(
+        mse_normalised=float(np.mean(normalised)),
+        mse_pixel=mse_pixel,
+        psnr=10 * math.log10(1.0 / max(mse_pixel, 1e-12)),
+    )
+
+
+def save_comparison(reconstruction: torch.Tensor, truth: torch.Tensor, spec: DatasetSpec, path: Path) -> Path:
+    """PNG: per class, the ground-truth images (top row) above their reconstructions."""
+    from torchvision.utils import save_image
+
+    num_classes, batch = truth.shape[:2]
+    top = denormalise(truth.flatten(0, 1).float(), spec)
+    bottom = denormalise(reconstruction.flatten(0, 1).float(), spec)
+    grid = torch.cat([top, bottom])
+    scale = max(1, 56 // grid.shape[-1])
+    if scale > 1:
+        grid = torch.nn.functional.interpolate(grid, scale_factor=scale, mode="nearest")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, str(path), nrow=num_classes * batch, padding=2)
+    return path

@@ -1,0 +1,1 @@
+"""Client-side defences against a curious server: LDPO-RLD and the LocalDP baseline."""

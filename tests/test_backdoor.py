@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from sfdd_flwr.attacks.backdoor import (
+    Trigger,
+    attack_success_rate,
+    initial_trigger,
+    patch_mask,
+    poison,
+    poison_indices,
+    select_neuron,
+    stamp,
+    update_trigger,
+    valid_range,
+)
+from sfdd_flwr.data import DATASETS, LabelledImages
+from sfdd_flwr.models import NetworkSpec, build_network
+
+MNIST = DATASETS["mnist"]
+
+
+def test_patch_is_bottom_right_with_a_one_pixel_margin():
+    mask = patch_mask(MNIST, 2)
+    assert mask.sum().item() == 4
+    assert mask[0, 25:27, 25:27].sum().item() == 4
+    assert mask[0, 27, :].sum().item() == 0 and mask[0, :, 27].sum().item() == 0
+
+
+def test_stamping_changes_only_the_masked_pixels():
+    trigger = initial_trigger(MNIST, 3, 0, torch.Generator().manual_seed(0))
+    images = torch.randn(5, 1, 28, 28)
+    stamped = stamp(images, trigger)
+    changed = (stamped != images)
+    assert torch.all(changed <= trigger.mask.bool())
+    assert torch.equal(stamped[:, trigger.mask.bool()], trigger.pattern[trigger.mask.bool()].expand(5, -1))
+
+
+def test_initial_triggers_are_in_the_valid_pixel_range():
+    low, high = valid_range(MNIST, "cpu")
+    for white in (False, True):
+        trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(1), white=white)
+        assert torch.all(trigger.pattern >= low - 1e-6) and torch.all(trigger.pattern <= high + 1e-6)
+    white = initial_trigger(MNIST, 2, 0, torch.Generator(), white=True)
+    assert torch.allclose(white.pattern[white.mask.bool()], high.flatten())
+
+
+@pytest.mark.parametrize(("count", "fraction", "expected"), [(12000, 0.01, 120), (1000, 0.05, 50), (30, 0.01, 1)])
+def test_poisoning_touches_exactly_the_configured_fraction(count, fraction, expected):
+    data = LabelledImages(torch.randn(count, 1, 28, 28), torch.randint(1, 10, (count,)))
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    indices = poison_indices(count, fraction, torch.Generator().manual_seed(0))
+    poisoned = poison(data, indices, trigger)
+    assert indices.numel() == expected
+    changed = (poisoned.images != data.images).flatten(1).any(dim=1)
+    assert int(changed.sum()) == expected and torch.equal(torch.nonzero(changed).flatten(), indices)
+    assert torch.all(poisoned.labels[indices] == 0)
+    assert int((poisoned.labels != data.labels).sum()) == expected
+    assert not torch.equal(poisoned.images, data.images) and data.labels.min() >= 1  # original untouched
+
+
+class AlwaysTarget(torch.nn.Module):
+    """Predicts class 0 when the bottom-right patch is bright, else the true class."""
+
+    def __init__(self, labels_by_image):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.labels_by_image = labels_by_image
+
+    def forward(self, images):
+        triggered = images[:, 0, 25:27, 25:27].mean(dim=(1, 2)) > 2.0
+        out = torch.zeros(images.shape[0], 10)
+        out[torch.arange(images.shape[0]), images[:, 0, 0, 0].long()] = 1.0
+        out[triggered, 0] = 5.0
+        return out
+
+
+def test_attack_success_rate_excludes_target_class_images():
+    labels = torch.tensor([0, 0, 0, 1, 2, 3])
+    images = torch.zeros(6, 1, 28, 28)
+    images[:, 0, 0, 0] = labels.float()  # the fake network reads the label from pixel (0, 0)
+    trigger = Trigger(torch.full((1, 28, 28), 2.8), patch_mask(MNIST, 2), target=0)
+    network = AlwaysTarget(labels)
+    assert attack_success_rate(network, LabelledImages(images, labels), trigger) == 1.0
+    no_trigger = Trigger(torch.zeros(1, 28, 28), patch_mask(MNIST, 2), target=0)
+    # without an effective trigger nothing but the (excluded) class-0 images is predicted 0
+    assert attack_success_rate(network, LabelledImages(images, labels), no_trigger) == 0.0
+
+
+def test_trigger_update_raises_the_selected_neuron_only_inside_the_patch():
+    network = build_network(NetworkSpec(1, 10, (28, 28), width=8), seed=0)
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    neuron = select_neuron(network)
+    assert neuron == int(network.classifier.weight.abs().sum(0).argmax())
+    result = update_trigger(network, trigger, MNIST, max_steps=200)
+    assert result.neuron == neuron and result.steps >= 1
+    outside = ~trigger.mask.bool()
+    assert torch.equal(result.trigger.pattern[outside], trigger.pattern[outside])
+    assert not torch.equal(result.trigger.pattern, trigger.pattern)
+    low, high = valid_range(MNIST, "cpu")
+    assert torch.all(result.trigger.pattern >= low - 1e-5) and torch.all(result.trigger.pattern <= high + 1e-5)
+    goal = 10 * result.initial_activation
+    assert abs(result.final_activation - goal) < abs(result.initial_activation - goal)
+
+
+def _message(images, weight=100):
+    from flwr.app import Metadata
+
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=1, dst_node_id=0, reply_to_message_id="x",
+                        group_id="", created_at=0.0, ttl=60.0, message_type="train")
+    content = RecordDict({"synthetic-set": ArrayRecord({"images": Array(images)}),
+                          "metrics": MetricRecord({"num-examples": weight, "matching-loss": 1.0})})
+    return Message(content=content, metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "expected"),
+    [("median", 3.0), ("trimmed-mean", 9.5 / 3), ("krum", 2.0), ("multi-krum", 2.5), ("fedavg", 22.1)],
+)
+def test_robust_aggregators_on_known_inputs(aggregator, expected, tmp_path):
+    """Five updates: 1, 2, 3, 4.5 and an outlier 100 (a poisoned client). Krum scores each
+    by its squared distances to its n - f - 2 = 2 nearest: 2 scores lowest, then 3."""
+    from sfdd_flwr.config import Settings
+    from sfdd_flwr.strategy import SFDDStrategy
+
+    settings = Settings.from_mapping({"preset": "", "aggregator": aggregator, "trim-fraction": 0.2,
+                                      "krum-malicious": 1, "multi-krum-select": 2})
+    strategy = SFDDStrategy(settings, report=lambda text: None)
+    values = [1.0, 2.0, 3.0, 4.5, 100.0]
+    replies = [_message(np.full((10, 1, 28, 28), v, np.float32)) for v in values]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.allclose(arrays["images"].numpy(), expected)

@@ -1,0 +1,156 @@
+"""Client behaviours: selection, plug-ins, Doorping end to end in-process, defences."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
+
+from flower_helpers import InProcessGrid
+from sfdd_flwr import client_app
+from sfdd_flwr.behaviours import (
+    BEHAVIOURS,
+    ClientBehaviour,
+    DoorpingBehaviour,
+    behaviour_for_node,
+    load_behaviour,
+    malicious_partitions,
+    register_behaviour,
+)
+from sfdd_flwr.config import ConfigError, Settings
+from sfdd_flwr.data import load_split
+from sfdd_flwr.recorder import RunRecorder, server_evaluator
+from sfdd_flwr.strategy import SFDDStrategy
+
+
+@pytest.fixture(autouse=True)
+def server_identity():
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def settings(**values) -> Settings:
+    return Settings.from_mapping({"preset": ""} | values)
+
+
+def test_malicious_partitions_from_list_or_fraction():
+    assert malicious_partitions(settings(**{"malicious-clients": "0,3"}), 5) == {0, 3}
+    assert malicious_partitions(settings(), 5) == set()
+    chosen = malicious_partitions(settings(**{"malicious-fraction": 0.4}), 5)
+    assert len(chosen) == 2 and chosen <= set(range(5))
+    assert chosen == malicious_partitions(settings(**{"malicious-fraction": 0.4}), 5)
+    assert len(malicious_partitions(settings(**{"malicious-fraction": 0.01}), 3)) == 1
+
+
+def test_behaviour_for_node_prefers_the_node_config():
+    run = settings(**{"malicious-clients": "1", "malicious-behaviour": "naive-backdoor"})
+    assert behaviour_for_node(run, {"partition-id": 1, "num-partitions": 3}) == "naive-backdoor"
+    assert behaviour_for_node(run, {"partition-id": 0, "num-partitions": 3}) == "honest"
+    assert behaviour_for_node(run, {"partition-id": 0, "num-partitions": 3, "behaviour": "doorping"}) == "doorping"
+
+
+def test_built_in_behaviours_and_bad_names():
+    assert {"honest", "doorping", "naive-backdoor"} <= set(BEHAVIOURS)
+    assert load_behaviour("doorping") is DoorpingBehaviour
+    with pytest.raises(ValueError, match="is not allowed"):
+        load_behaviour("no such behaviour")
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_behaviour("nonexistent_module_xyz:Thing")
+    with pytest.raises(ConfigError, match="malicious-behaviour='evil'"):
+        settings(**{"malicious-behaviour": "evil"})
+    with pytest.raises(ConfigError, match="doorping-target=10"):
+        settings(**{"doorping-target": 10})
+    with pytest.raises(ConfigError, match="ldpo-k=10"):
+        settings(**{"ldpo-k": 10})
+
+
+def test_a_behaviour_outside_the_package_is_loaded_by_path(tmp_path, monkeypatch):
+    (tmp_path / "outside_behaviours.py").write_text(textwrap.dedent("""
+        from sfdd_flwr.behaviours import ClientBehaviour
+
+        class Frozen(ClientBehaviour):
+            def local_update(self, job):
+                result = super().local_update(job)
+                result.update.images = job.synthetic_images.clone()
+                result.metrics["frozen"] = 1.0
+                return result
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = load_behaviour("outside_behaviours:Frozen")
+    assert issubclass(cls, ClientBehaviour) and cls.__name__ == "Frozen"
+    sys.modules.pop("outside_behaviours", None)
+
+
+def test_register_behaviour_rejects_non_behaviours():
+    with pytest.raises(TypeError):
+        register_behaviour("bad")(object)
+
+
+def run_federation(data_dir, tmp_path, clients=3, **values):
+    config = {
+        "preset": "", "data-dir": str(data_dir), "output-dir": str(tmp_path / "out"), "run-name": "run",
+        "net-width": 8, "batch-real": 8, "ipc": 2, "outer-loop": 2, "inner-loop": 2,
+        "num-server-rounds": 2, "eval-every": 0, "num-eval": 1, "eval-epochs": 5, "min-clients": clients,
+    } | values
+    run_settings = Settings.from_mapping(config)
+    grid = InProcessGrid(
+        {100 + i: client_app.app for i in range(clients)},
+        {100 + i: {"partition-id": i, "num-partitions": clients} for i in range(clients)},
+    )
+    test = load_split("mnist", str(data_dir), train=False)
+    lines = []
+    recorder = RunRecorder(run_settings, "sfdd", server_evaluator(run_settings, test, torch.device("cpu"), lines.append), lines.append)
+    SFDDStrategy(run_settings, lines.append).distill(grid, recorder)
+    recorder.finish()
+    return grid, recorder, lines
+
+
+@pytest.mark.parametrize("behaviour", ["doorping", "naive-backdoor"])
+def test_backdoor_client_keeps_its_trigger_and_the_server_scores_it(tiny_mnist_dir, tmp_path, behaviour):
+    grid, recorder, lines = run_federation(
+        tiny_mnist_dir, tmp_path, **{"malicious-clients": "1", "malicious-behaviour": behaviour,
+                                     "doorping-poison-fraction": 0.05, "doorping-trigger-steps": 20}
+    )
+    run_dir = recorder.run_dir.path
+    saved = torch.load(run_dir / "attack" / "trigger_client1.pt", weights_only=True)
+    assert saved["behaviour"] == behaviour and saved["round"] == 2 and saved["target"] == 0
+    state = grid.contexts[101].state
+    assert "behaviour-state" in state.array_records  # the trigger stays with the client
+    assert "behaviour-state" not in grid.contexts[100].state.array_records
+    pattern = state["behaviour-state"].to_torch_state_dict()["trigger-pattern"]
+    assert torch.equal(pattern, saved["pattern"])
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = metrics[-1]
+    assert 0.0 <= final["attack_success_mean"] <= 1.0 and len(final["attack_success"]) == 1
+    poisoned = [c for c in final["clients"] if "poisoned_examples" in c]
+    assert len(poisoned) == 1 and poisoned[0]["poisoned_examples"] == 5.0  # 5 % of 100
+    if behaviour == "doorping":
+        assert poisoned[0]["trigger_updates"] == 1.0  # outer-loop 2: one inner training
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_attack_success_mean"] == final["attack_success_mean"]
+    assert any("attack success" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("defence", "extra"),
+    [("ldpo-rld", {"ldpo-alpha": 0.3, "ldpo-k": 2}), ("local-dp", {"local-dp-clip": 0.5, "local-dp-noise": 0.01})],
+)
+def test_defences_run_through_the_client_app(tiny_mnist_dir, tmp_path, defence, extra):
+    _, recorder, _ = run_federation(tiny_mnist_dir, tmp_path, clients=2, defence=defence, **extra)
+    metrics = recorder.run_dir.read_metrics()
+    assert [m["round"] for m in metrics] == [1, 2]
+    if defence == "local-dp":
+        assert metrics[0]["local_dp_epsilon"] > 0 and metrics[0]["local_dp_delta"] == 1e-5
+        assert all(c["local_dp_update_norm"] > 0 for c in metrics[0]["clients"])
+
+
+def test_ldpo_rld_changes_the_update_and_honest_runs_do_not_depend_on_it(tiny_mnist_dir, tmp_path):
+    plain = run_federation(tiny_mnist_dir, tmp_path / "a", clients=2)[1].run_dir.load_latest().images
+    again = run_federation(tiny_mnist_dir, tmp_path / "b", clients=2)[1].run_dir.load_latest().images
+    defended = run_federation(tiny_mnist_dir, tmp_path / "c", clients=2, defence="ldpo-rld")[1].run_dir.load_latest().images
+    assert torch.equal(plain, again)
+    assert not torch.equal(plain, defended)
