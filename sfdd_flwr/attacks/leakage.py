@@ -15,6 +15,7 @@ one at a time. No Flower import.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from ..data import DatasetSpec, denormalise
 from ..distill import class_loss
 from ..matching import match_distance
+from ..models import ConvNet, NetworkSpec
 
 OPTIMISERS = ("lbfgs", "adam")
 
@@ -98,8 +100,13 @@ def reconstruct(
     params: AttackParams,
     generator: torch.Generator,
     progress: Callable[[str], None] | None = None,
+    classes: list[int] | None = None,
 ) -> Reconstruction:
-    """Dummy real batches (and, if adaptive, soft labels) that best replay the update."""
+    """Dummy real batches (and, if adaptive, soft labels) that best replay the update.
+
+    `classes` limits the attack to some classes (each is independent of the others);
+    the result then holds those classes in that order.
+    """
     if params.optimiser not in OPTIMISERS:
         raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {params.optimiser!r}")
     started = time.monotonic()
@@ -114,7 +121,8 @@ def reconstruct(
     ipc = num_images // num_classes
     observed_gradient = (before - observed.synthetic_after.to(device)) / observed.lr_images
     images, labels, losses = [], [], []
-    for c in range(num_classes):
+    targets = list(range(num_classes)) if classes is None else list(classes)
+    for position, c in enumerate(targets):
         latent = torch.randn(
             (observed.batch_per_class, *image_shape), generator=generator
         ).to(device).requires_grad_(True)
@@ -166,13 +174,53 @@ def reconstruct(
         images.append(to_image(latent).detach().cpu())
         labels.append(torch.softmax(logits.detach(), 0).cpu() if logits is not None else None)
         if progress is not None:
-            progress(f"class {c + 1}/{num_classes}: replay loss {final:.3g} ({time.monotonic() - started:.0f} s)")
+            progress(
+                f"class {c} ({position + 1}/{len(targets)}): replay loss {final:.3g} "
+                f"({time.monotonic() - started:.0f} s)"
+            )
     return Reconstruction(
         images=torch.stack(images),
         soft_labels=torch.stack(labels) if params.adaptive else None,
         final_loss=losses,
         seconds=time.monotonic() - started,
     )
+
+
+def save_observed_update(observed: ObservedUpdate, spec: NetworkSpec, path: Path,
+                         truth: torch.Tensor | None = None, extra: dict | None = None) -> Path:
+    """An attack input file: what the server saw, the client's network, optional truth."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "synthetic_before": observed.synthetic_before.cpu(),
+        "synthetic_after": observed.synthetic_after.cpu(),
+        "network_spec": dataclasses.asdict(spec),
+        "network_state": {k: v.cpu() for k, v in observed.network.state_dict().items()},
+        "lr_images": observed.lr_images,
+        "batch_per_class": observed.batch_per_class,
+        "metric": observed.metric,
+        **({"truth": truth.cpu()} if truth is not None else {}),
+        **(extra or {}),
+    }
+    torch.save(payload, path)
+    return path
+
+
+def load_observed_update(path: Path, device: torch.device | str = "cpu") -> tuple[ObservedUpdate, dict]:
+    """Inverse of `save_observed_update`: (ObservedUpdate, the raw payload)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    values = dict(payload["network_spec"])
+    values["image_size"] = tuple(values["image_size"])
+    network = ConvNet(NetworkSpec(**values))
+    network.load_state_dict(payload["network_state"])
+    observed = ObservedUpdate(
+        payload["synthetic_before"],
+        payload["synthetic_after"],
+        network.to(device),
+        float(payload["lr_images"]),
+        int(payload["batch_per_class"]),
+        str(payload["metric"]),
+    )
+    return observed, payload
 
 
 def score(reconstruction: torch.Tensor, truth: torch.Tensor, spec: DatasetSpec) -> LeakageScore:

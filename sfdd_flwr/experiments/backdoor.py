@@ -1,0 +1,177 @@
+"""Paper Figure 6: Doorping attack success rate (ASR) and clean test accuracy (CTA) against
+the number of clients, with FedAvg and with robust aggregation of the synthetic sets.
+
+    python -m sfdd_flwr.experiments.backdoor --data-dir /path/to/datasets --out results/backdoor
+
+Every point is a real `flwr run` simulation (IID clients, one of them, or
+`--malicious-fraction` of them, running Doorping) plus a clean run with the same settings
+and seeds. ASR of the clean run is measured with the attack run's final trigger. Writes
+`backdoor_table.md`, `backdoor.png` and `results.json` under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artifacts import load_synthetic_set
+from ..attacks.backdoor import Trigger, attack_success_rate
+from ..config import Settings
+from ..data import load_split
+from ..distill import synthetic_labels
+from ..evaluate import evaluate_synthetic_set, mean_and_std
+from ..launch import LocalSuperLink
+
+
+def run_sfdd(args: argparse.Namespace, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
+    """One `flwr run` simulation; returns its summary (CTA, ASR) and run directory."""
+    runs = args.out / dataset / "runs"
+    run_dir = runs / name
+    if (run_dir / "summary.json").is_file() and not args.rerun:
+        return json.loads((run_dir / "summary.json").read_text())
+    settings = (
+        f"preset='' dataset='{dataset}' data-dir='{args.data_dir}' output-dir='{runs}' run-name='{name}' "
+        f"seed={args.seed} ipc={args.ipc} num-server-rounds={args.rounds} batch-real={args.batch_real} "
+        f"inner-loop={args.inner_loop} min-clients={clients} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
+        f"doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
+    )
+    with LocalSuperLink(args.out / dataset / f"superlink-{name}") as link:
+        result = link.run(settings, num_supernodes=clients, timeout_seconds=48 * 3600)
+    (args.out / dataset / f"{name}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed; see {args.out / dataset / f'{name}.log'}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(json.dumps({"run": name, "cta": summary["final_accuracy_mean"], "asr": summary.get("final_attack_success_mean")}), flush=True)
+    return summary
+
+
+def clean_asr(args: argparse.Namespace, dataset: str, clean: dict, attacked: dict) -> float | None:
+    """ASR of the clean run's S under the attack run's final trigger (the chance baseline)."""
+    triggers = sorted((Path(attacked["run_dir"]) / "attack").glob("trigger_client*.pt"))
+    if not triggers:
+        return None
+    trigger = Trigger.from_dict(torch.load(triggers[0], weights_only=True))
+    saved = load_synthetic_set(clean["run_dir"])
+    settings = Settings.from_mapping({k: v for k, v in saved.metadata["settings"].items()})
+    test = load_split(dataset, args.data_dir, train=False)
+    result = evaluate_synthetic_set(
+        saved.images, synthetic_labels(settings.dataset_spec.num_classes, settings.ipc), test,
+        settings.network_spec, settings.eval_params, settings.seed, saved.round,
+        score_trigger=lambda network: attack_success_rate(network, test, trigger),
+    )
+    return mean_and_std(result.attack_success)[0]
+
+
+def run_dataset(args: argparse.Namespace, dataset: str) -> list[dict]:
+    rows = []
+    malicious = (
+        f"malicious-fraction={args.malicious_fraction}" if args.malicious_fraction else "malicious-clients='0'"
+    )
+    attack = f"{malicious} malicious-behaviour='{args.behaviour}'"
+    for clients in args.clients:
+        clean = run_sfdd(args, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
+        aggregators = ["fedavg"] + ([a for a in args.aggregators if a != "fedavg"] if clients == args.robust_clients else [])
+        for aggregator in aggregators:
+            attacked = run_sfdd(args, dataset, clients, f"{args.behaviour}-n{clients}-{aggregator}", f"{attack} aggregator='{aggregator}'")
+            row = {
+                "dataset": dataset, "clients": clients, "aggregator": aggregator,
+                "cta_clean_fedavg": clean["final_accuracy_mean"],
+                "cta_attacked": attacked["final_accuracy_mean"],
+                "asr": attacked.get("final_attack_success_mean"),
+            }
+            if aggregator == "fedavg" and not args.skip_clean_asr:
+                row["asr_clean"] = clean_asr(args, dataset, clean, attacked)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"IPC {args.ipc}, {args.rounds} rounds, batch-real {args.batch_real}, inner-loop {args.inner_loop}, "
+        f"Doorping trigger steps <= {args.trigger_steps}; evaluation {args.num_eval} models x {args.eval_epochs} epochs; "
+        f"{'malicious fraction ' + str(args.malicious_fraction) if args.malicious_fraction else 'one malicious client'} ({args.behaviour}).",
+        "",
+        "| dataset | clients | aggregator | CTA clean FedAvg % | CTA attacked % | CTA change | ASR % | ASR of clean S % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        asr_clean = row.get("asr_clean")
+        lines.append(
+            f"| {row['dataset']} | {row['clients']} | {row['aggregator']} | {100 * row['cta_clean_fedavg']:.2f} | "
+            f"{100 * row['cta_attacked']:.2f} | {100 * (row['cta_attacked'] - row['cta_clean_fedavg']):+.2f} | "
+            f"{100 * row['asr']:.2f} | {'-' if asr_clean is None else f'{100 * asr_clean:.2f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({row["dataset"] for row in rows})
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for dataset in datasets:
+        points = sorted((r["clients"], 100 * r["asr"]) for r in rows if r["dataset"] == dataset and r["aggregator"] == "fedavg")
+        axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=dataset)
+    axes[0].set_xlabel("clients (one malicious)" if not args.malicious_fraction else "clients")
+    axes[0].set_ylabel("attack success rate (%)")
+    axes[0].set_title("Doorping ASR with FedAvg")
+    axes[0].set_ylim(0, 100)
+    axes[0].legend()
+    robust = [r for r in rows if r["clients"] == args.robust_clients]
+    labels = [f"{r['dataset']}\n{r['aggregator']}" for r in robust]
+    axes[1].bar(range(len(robust)), [100 * r["asr"] for r in robust], label="ASR")
+    axes[1].plot(range(len(robust)), [100 * r["cta_attacked"] for r in robust], "k^", label="CTA")
+    axes[1].set_xticks(range(len(robust)), labels, rotation=45, ha="right", fontsize=7)
+    axes[1].set_ylim(0, 100)
+    axes[1].set_title(f"aggregators, {args.robust_clients} clients")
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sfdd_flwr.experiments.backdoor", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashionmnist"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[3, 5, 10])
+    parser.add_argument("--aggregators", nargs="+", default=["fedavg", "median", "trimmed-mean", "krum", "multi-krum"])
+    parser.add_argument("--robust-clients", type=int, default=5, help="client count at which aggregators are compared")
+    parser.add_argument("--behaviour", default="doorping", help="doorping, naive-backdoor or module:Class")
+    parser.add_argument("--malicious-fraction", type=float, default=0.0, help="instead of one malicious client")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--batch-real", type=int, default=256)
+    parser.add_argument("--inner-loop", type=int, default=0, help="0 = DC table (50 at IPC 10)")
+    parser.add_argument("--trigger-steps", type=int, default=1000)
+    parser.add_argument("--num-eval", type=int, default=5)
+    parser.add_argument("--eval-epochs", type=int, default=300)
+    parser.add_argument("--run-config", default="", help="extra settings for every run")
+    parser.add_argument("--skip-clean-asr", action="store_true")
+    parser.add_argument("--rerun", action="store_true", help="rerun runs that already have a summary")
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [row for dataset in args.datasets for row in run_dataset(args, dataset)]
+    table = markdown(rows, args)
+    (args.out / "backdoor_table.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args, args.out / "backdoor.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

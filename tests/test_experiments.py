@@ -1,0 +1,49 @@
+"""Reduced-size runs of the experiment commands (the full runs are documented in benchmarks/)."""
+
+import json
+
+import pytest
+
+from sfdd_flwr.experiments import backdoor, privacy
+
+pytestmark = pytest.mark.slow
+
+
+def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "backdoor"
+    code = backdoor.main([
+        "--data-dir", str(tiny_mnist_dir), "--out", str(out), "--datasets", "mnist",
+        "--clients", "2", "--robust-clients", "2", "--aggregators", "fedavg", "median",
+        "--ipc", "2", "--rounds", "1", "--batch-real", "4", "--inner-loop", "1", "--trigger-steps", "5",
+        "--num-eval", "1", "--eval-epochs", "2",
+        "--run-config", "net-width=8 doorping-poison-fraction=0.05",
+    ])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [(r["clients"], r["aggregator"]) for r in rows] == [(2, "fedavg"), (2, "median")]
+    assert all(0.0 <= r["asr"] <= 1.0 and 0.0 <= r["cta_attacked"] <= 1.0 for r in rows)
+    assert 0.0 <= rows[0]["asr_clean"] <= 1.0
+    table = (out / "backdoor_table.md").read_text()
+    assert "| mnist | 2 | median |" in table
+    assert (out / "backdoor.png").stat().st_size > 1000
+    assert (out / "mnist" / "runs" / "doorping-n2-fedavg" / "attack" / "trigger_client0.pt").is_file()
+
+
+def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path):
+    out = tmp_path / "privacy"
+    code = privacy.main([
+        "--data-dir", str(tiny_mnist_dir), "--out", str(out), "--datasets", "mnist",
+        "--width", "8", "--updates", "2", "--extra-updates", "1", "--classes-per-update", "1",
+        "--batch-sizes", "1", "2", "--attack-iterations", "1", "--local-dp-noises", "0.01", "1.0",
+        "--rounds", "1", "--num-eval", "1", "--eval-epochs", "2",
+    ])
+    assert code == 0
+    results = json.loads((out / "mnist" / "results.json").read_text())
+    assert set(results["mse"]) == {"no-defence", "ldpo-rld", "ldpo-rld-adaptive", "no-defence-b2"}
+    assert set(results["accuracy"]) == {"none", "ldpo-rld", "local-dp"}
+    conditions = {row["condition"] for row in results["rows"]}
+    assert {"no-defence-b1", "ldpo-rld-b1", "ldpo-rld-b1-adaptive", "no-defence-b2"} <= conditions
+    assert (out / "mnist" / "no-defence-b1.png").is_file()
+    assert (out / "mnist" / "no-defence-b1-update.pt").is_file()
+    table = (out / "privacy_tables.md").read_text()
+    assert "Table 3" in table and "Tables 4 and 5" in table
