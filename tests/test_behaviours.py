@@ -154,3 +154,21 @@ def test_ldpo_rld_changes_the_update_and_honest_runs_do_not_depend_on_it(tiny_mn
     defended = run_federation(tiny_mnist_dir, tmp_path / "c", clients=2, defence="ldpo-rld")[1].run_dir.load_latest().images
     assert torch.equal(plain, again)
     assert not torch.equal(plain, defended)
+
+
+def test_the_documented_example_behaviour_works(tiny_mnist_dir, tmp_path, monkeypatch):
+    """The code block of docs/backdoors.md, loaded by path, runs and does what it says."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "backdoors.md").read_text()
+    code = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_behaviours.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_behaviours", None)
+    _, recorder, _ = run_federation(
+        tiny_mnist_dir, tmp_path / "run", clients=2,
+        **{"malicious-clients": "1", "malicious-behaviour": "my_behaviours:SignFlip", "num-eval": 0, "num-server-rounds": 1},
+    )
+    clients = recorder.run_dir.read_metrics()[0]["clients"]
+    assert sorted(c.get("sign_flipped", 0.0) for c in clients) == [0.0, 1.0]
+    sys.modules.pop("my_behaviours", None)

@@ -94,3 +94,31 @@ def test_a_killed_run_resumes_at_the_next_round(superlink, tiny_mnist_dir, tmp_p
     rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(1, 41))
     assert load_synthetic_set(run_dir).round == 40
+
+
+def test_a_behaviour_written_outside_the_package_runs_in_a_simulation(tiny_mnist_dir, tmp_path):
+    """A user's behaviour module (not in sfdd_flwr) is named in the run config and loaded
+    by the simulated client that is marked malicious."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "my_behaviours.py").write_text(
+        "from sfdd_flwr.behaviours import ClientBehaviour\n\n"
+        "class ReturnsTheInput(ClientBehaviour):\n"
+        "    def local_update(self, job):\n"
+        "        result = super().local_update(job)\n"
+        "        result.update.images = job.synthetic_images.clone()\n"
+        "        result.metrics['returned-the-input'] = 1.0\n"
+        "        return result\n"
+    )
+    out = tmp_path / "out"
+    with LocalSuperLink(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(plugins)}) as link:
+        result = link.run(
+            f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='plugin' num-server-rounds=1 "
+            "malicious-clients='1' malicious-behaviour='my_behaviours:ReturnsTheInput'",
+            num_supernodes=2, timeout_seconds=300,
+        )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "behaviour my_behaviours:ReturnsTheInput" in log, log
+    clients = json.loads((out / "plugin" / "metrics.jsonl").read_text().splitlines()[0])["clients"]
+    assert sorted(c.get("returned_the_input", 0.0) for c in clients) == [0.0, 1.0]
