@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakedata import write_mnist  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -29,3 +30,12 @@ def tiny_mnist_dir(tmp_path_factory) -> Path:
 def real_mnist_dir() -> Path | None:
     """The md5-verified MNIST archives of this workplace, if present."""
     return SHARED_DATASETS if (SHARED_DATASETS / "MNIST" / "raw").is_dir() else None
+
+
+@pytest.fixture
+def server_identity():
+    """The task identity a ServerApp process has, so tests can build instruction Messages."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

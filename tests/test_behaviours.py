@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
@@ -25,13 +24,7 @@ from sfdd_flwr.recorder import RunRecorder, server_evaluator
 from sfdd_flwr.strategy import SFDDStrategy
 
 
-@pytest.fixture(autouse=True)
-def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
+pytestmark = pytest.mark.usefixtures("server_identity")
 
 def settings(**values) -> Settings:
     return Settings.from_mapping({"preset": ""} | values)

@@ -4,21 +4,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from flower_helpers import delivered
 from sfdd_flwr import client_app, data
 from sfdd_flwr.config import Settings
 
+pytestmark = pytest.mark.usefixtures("server_identity")
+
 SHAPE = (10, 1, 28, 28)
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def train_message(settings: Settings, images: np.ndarray, server_round: int = 1, node_id: int = 5) -> Message:

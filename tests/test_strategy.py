@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from flower_helpers import InProcessGrid, delivered, error_reply
 from sfdd_flwr import client_app
@@ -16,15 +15,9 @@ from sfdd_flwr.config import Settings
 from sfdd_flwr.recorder import RunRecorder
 from sfdd_flwr.strategy import SFDDStrategy
 
+pytestmark = pytest.mark.usefixtures("server_identity")
+
 SHAPE = (10, 1, 28, 28)
-
-
-@pytest.fixture(autouse=True)
-def server_identity():
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 @pytest.fixture
