@@ -29,7 +29,6 @@ METRICS_KEY = "metrics"
 NUM_EXAMPLES_KEY = "num-examples"
 SERVER_ROUND_KEY = "server-round"
 RUN_DIR_KEY = "run-dir"
-STANDARD_CLIENT_METRICS = (NUM_EXAMPLES_KEY, "matching-loss", "local-update-seconds")
 
 
 def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
@@ -173,7 +172,10 @@ class SFDDStrategy(FedAvg):
             metrics["local-dp-delta"] = max(float(m["local-dp-delta"]) for m in client_metrics if "local-dp-delta" in m)
         self.last_round_clients = [
             {"node": reply.metadata.src_node_id}
-            | {key.replace("-", "_"): float(value) for key, value in metric.items()}
+            | {
+                key.replace("-", "_"): [float(v) for v in value] if isinstance(value, list) else float(value)
+                for key, value in metric.items()
+            }
             for reply, metric in zip(accepted, client_metrics)
         ]
         return images_record(images), metrics
