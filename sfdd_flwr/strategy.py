@@ -280,7 +280,7 @@ class SFDDStrategy(FedAvg):
                     seconds=float(metrics.get("eval-seconds", 0.0)),
                 )
             )
-        self.last_evaluation = combine_node_evaluations(nodes, failures)
+        self.last_evaluation = combine_node_evaluations(sorted(nodes, key=lambda n: n.node), failures)
         if not nodes:
             return None
         result = self.last_evaluation
