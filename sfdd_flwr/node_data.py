@@ -159,11 +159,12 @@ def load_test_share(request: PartitionRequest) -> LabelledImages:
     return LabelledImages(test.images[indices], test.labels[indices])
 
 
-def server_test_split(task: Task) -> LabelledImages:
-    """The test set a server holds for server-side evaluation, from the run's data-dir."""
+def whole_split(task: Task, train: bool) -> LabelledImages:
+    """A whole split in the run's data-dir: the server's test set for server-side
+    evaluation, or the centralized baseline's data (an ImageFolder's train/ or test/)."""
     if task.dataset != IMAGEFOLDER:
-        return load_split(task.dataset, task.data_dir, train=False)
-    return load_imagefolder_split(ImageFolderRequest(task.data_dir, task.spec, task.class_names, seed=task.seed), False)
+        return load_split(task.dataset, task.data_dir, train)
+    return load_imagefolder_split(ImageFolderRequest(task.data_dir, task.spec, task.class_names, seed=task.seed), train)
 
 
 # ----- ImageFolder -----

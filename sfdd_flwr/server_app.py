@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from .config import ConfigError, resolve_settings
 from .data import DataUnavailableError
-from .node_data import NodeDataError, server_test_split
+from .node_data import NodeDataError, whole_split
 from .recorder import RunRecorder, resolve_device, server_evaluator
 from .strategy import SFDDStrategy
 
@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         test_set = None
         if settings.evaluates_on_server:
             report(f"loading the {settings.dataset} test set from {settings.data_path} for evaluation")
-            test_set = server_test_split(settings.task)
+            test_set = whole_split(settings.task, train=False)
     except (ConfigError, DataUnavailableError, NodeDataError) as error:
         log(ERROR, "%s", error)
         raise SystemExit(f"sfdd-flwr: {error}") from None

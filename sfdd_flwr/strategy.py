@@ -53,10 +53,29 @@ def replying_nodes(messages: Iterable[Message], replies: Iterable[Message]) -> l
     return [destinations.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies]
 
 
-def unanswered_nodes(messages: list[Message], replies: list[Message]) -> list[int]:
-    """Destinations of `messages` that no reply came back for."""
-    answered = set(replying_nodes(messages, replies))
-    return [m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered]
+def replies_from_nodes(
+    messages: list[Message], replies: list[Message], deadline: str
+) -> tuple[list[Message], list[str]]:
+    """The replies the nodes sent, and one line for each node that sent none.
+
+    A node that crashed or disconnected stays silent until the `deadline` (e.g.
+    'round-timeout=600 s'), or the SuperLink answers for it once it signed off or its
+    heartbeats stopped.
+    """
+    from_nodes, missing = [], []
+    nodes = replying_nodes(messages, replies)
+    for reply, node_id in zip(replies, nodes):
+        if reply.metadata.src_node_id == node_id:
+            from_nodes.append(reply)
+        else:
+            missing.append(f"node {node_id}: {reply.error.reason if reply.has_error() else 'no reply'}")
+    answered = set(nodes)
+    missing += [
+        f"node {m.metadata.dst_node_id}: no reply within {deadline}"
+        for m in messages
+        if m.metadata.dst_node_id not in answered
+    ]
+    return from_nodes, missing
 
 
 class SFDDStrategy(FedAvg):
@@ -180,7 +199,9 @@ class SFDDStrategy(FedAvg):
             if server_round == recorder.first_round:
                 self.report(f"round {server_round}: sending S to {len(messages)} clients")
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-            replies, unavailable = self.without_unavailable_nodes(server_round, messages, replies)
+            replies, unavailable = replies_from_nodes(messages, replies, f"round-timeout={settings.round_timeout:g} s")
+            for line in unavailable:
+                log(WARNING, "round %d: %s; aggregating the replies that arrived", server_round, line)
             aggregated, metrics = self.aggregate_train(server_round, replies)
             missing = len(messages) - len(replies)
             if aggregated is None:
@@ -211,27 +232,6 @@ class SFDDStrategy(FedAvg):
                 },
             )
         return images
-
-    def without_unavailable_nodes(
-        self, server_round: int, messages: list[Message], replies: list[Message]
-    ) -> tuple[list[Message], list[str]]:
-        """The replies that nodes sent, and one line per node that sent none.
-
-        A node that crashed or disconnected either stays silent until `round-timeout` or
-        is answered for by the SuperLink once its heartbeats stop; either way the round
-        goes on with the replies that arrived.
-        """
-        from_nodes, unavailable = [], []
-        for reply, node_id in zip(replies, replying_nodes(messages, replies)):
-            if reply.metadata.src_node_id == node_id:
-                from_nodes.append(reply)
-            else:
-                unavailable.append(f"node {node_id}: {reply.error.reason if reply.has_error() else 'no reply'}")
-        for node_id in unanswered_nodes(messages, replies):
-            unavailable.append(f"node {node_id}: no reply within round-timeout={self.settings.round_timeout:g} s")
-        for line in unavailable:
-            log(WARNING, "round %d: %s; aggregating the replies that arrived", server_round, line)
-        return from_nodes, unavailable
 
     # ----- federated evaluation -----
     def configure_evaluate(
@@ -300,17 +300,8 @@ class SFDDStrategy(FedAvg):
             self.configure_evaluate(server_round, images_record(images), ConfigRecord(self.settings.to_record()), grid)
         )
         replies = list(grid.send_and_receive(messages, timeout=self.settings.eval_timeout)) if messages else []
-        nodes = replying_nodes(messages, replies)
-        self.aggregate_evaluate(server_round, [r for r, n in zip(replies, nodes) if r.metadata.src_node_id == n])
-        silent = [
-            f"node {node_id}: {reply.error.reason if reply.has_error() else 'no reply'}"
-            for reply, node_id in zip(replies, nodes)
-            if reply.metadata.src_node_id != node_id
-        ]
-        silent += [
-            f"node {node_id}: no reply within eval-timeout={self.settings.eval_timeout:g} s"
-            for node_id in unanswered_nodes(messages, replies)
-        ]
+        replies, silent = replies_from_nodes(messages, replies, f"eval-timeout={self.settings.eval_timeout:g} s")
+        self.aggregate_evaluate(server_round, replies)
         if not messages:
             silent.append("no node is connected")
         for line in silent:

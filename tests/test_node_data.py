@@ -9,7 +9,7 @@ from PIL import Image
 from fakedata import write_imagefolder
 from sfdd_flwr import node_data
 from sfdd_flwr.config import Settings
-from sfdd_flwr.node_data import NodeDataError, load_node_split, request_for, server_test_split
+from sfdd_flwr.node_data import NodeDataError, load_node_split, request_for, whole_split
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +143,7 @@ def test_named_dataset_nodes_need_a_partition_and_get_disjoint_test_shares(tiny_
     with pytest.raises(NodeDataError, match="not an integer"):
         request_for(task, {"partition-id": "0", "num-partitions": 3}, 1)
     shares = [load_node_split(request_for(task, {"partition-id": p, "num-partitions": 3}, p), train=False) for p in range(3)]
-    full = server_test_split(task)
+    full = whole_split(task, train=False)
     assert sum(len(share) for share in shares) == len(full) == 100
     joined = torch.cat([share.images for share in shares]).flatten(1)
     assert torch.unique(joined, dim=0).shape[0] == torch.unique(full.images.flatten(1), dim=0).shape[0]
@@ -154,7 +154,7 @@ def test_named_dataset_nodes_need_a_partition_and_get_disjoint_test_shares(tiny_
 def test_a_server_with_an_imagefolder_test_split_can_evaluate(tmp_path):
     root = write_imagefolder(tmp_path / "server", per_class=2, test_per_class=3)
     task = folder_task(**{"data-dir": str(root)})
-    assert server_test_split(task).labels.bincount().tolist() == [3, 3, 3]
+    assert whole_split(task, train=False).labels.bincount().tolist() == [3, 3, 3]
 
 
 def test_demo_hospitals_are_disjoint_imagefolders_that_fit_the_printed_declaration(tiny_mnist_dir, tmp_path, capsys):
