@@ -243,7 +243,9 @@ def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(t
     from sfdd_flwr.data import load_split
     from sfdd_flwr.recorder import server_evaluator
 
-    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5})
+    settings = tiny_settings(
+        tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5, "num-server-rounds": 1}
+    )
     grid = InProcessGrid(
         {101: client_app.app, 102: client_app.app, 103: lambda message, context: None},
         {101: {"partition-id": 0, "num-partitions": 2, "node-name": "hospital-a"},
@@ -265,10 +267,10 @@ def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(t
         assert [n["node"] for n in record["federated_nodes"]] == ["hospital-a (node 101)", "node 102"]
         assert record["federated_failures"] == ["node 103: no reply within eval-timeout=3600 s"]
     assert summary["final_federated_accuracy_mean"] == pytest.approx(summary["final_accuracy_mean"])
-    assert any(line.startswith("round 2: federated accuracy") and "100 held-out images of 2/3 nodes" in line for line in lines)
+    assert any(line.startswith("round 1: federated accuracy") and "100 held-out images of 2/3 nodes" in line for line in lines)
     assert any("final federated accuracy" in line for line in lines if line.startswith("SUMMARY"))
     evaluate_messages = [m for m in grid.sent if m.metadata.message_type == MessageType.EVALUATE]
-    assert {m.content["config"]["server-round"] for m in evaluate_messages} == {1, 2}
+    assert [m.content["config"]["server-round"] for m in evaluate_messages] == [1, 1, 1]
 
 
 def test_federated_only_evaluation_reports_when_no_node_answers(tiny_mnist_dir, tmp_path):
