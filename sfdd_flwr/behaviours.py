@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .attacks.backdoor import Trigger, initial_trigger, poison, poison_indices, stamp, update_trigger
-from .config import Settings
+from .config import ConfigError, Settings, doorping_problem
 from .data import ClassPools, LabelledImages
 from .distill import LocalUpdate, UpdateHooks, local_distill_update
 from .privacy.ldpo_rld import LdpoRldTargets
@@ -37,7 +37,7 @@ class ClientJob:
 
     settings: Settings
     server_round: int
-    client_id: int
+    client_id: int | str
     synthetic_images: torch.Tensor
     data: LabelledImages
     device: torch.device
@@ -200,6 +200,9 @@ class DoorpingBehaviour(ClientBehaviour):
 
     def local_update(self, job: ClientJob) -> ClientResult:
         settings, spec = job.settings, job.settings.dataset_spec
+        problem = doorping_problem(settings)
+        if problem:
+            raise ConfigError(problem)
         if "trigger-pattern" in job.state:
             trigger = Trigger(job.state["trigger-pattern"], job.state["trigger-mask"], settings.doorping_target)
         else:

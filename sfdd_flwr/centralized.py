@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from .config import ConfigError, Settings, resolve_settings
-from .data import ClassPools, DataUnavailableError, load_split
+from .data import ClassPools, DataUnavailableError
+from .node_data import NodeDataError, whole_split
 from .distill import local_distill_update
 from .recorder import RunRecorder, resolve_device, server_evaluator
 from .seeding import derive_seed, make_generator
@@ -43,8 +44,8 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
     """Distill on the full training set for `num_server_rounds` iterations."""
     device = resolve_device(settings.device)
     report(f"loading {settings.dataset} from {settings.data_path}")
-    train_set = load_split(settings.dataset, str(settings.data_path), train=True)
-    test_set = load_split(settings.dataset, str(settings.data_path), train=False) if settings.num_eval else None
+    train_set = whole_split(settings.task, train=True)
+    test_set = whole_split(settings.task, train=False) if settings.num_eval else None
     pools = ClassPools(train_set.to(device), settings.dataset_spec.num_classes)
     recorder = RunRecorder(
         settings, "centralized", server_evaluator(settings, test_set, device, report), report
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.update(parse_run_config(text))
         settings = resolve_settings(Settings().to_record() | overrides, overrides)
         run_centralized(settings, report=lambda text: print(text, flush=True))
-    except (ConfigError, DataUnavailableError) as error:
+    except (ConfigError, DataUnavailableError, NodeDataError) as error:
         print(f"sfdd-flwr: {error}", file=sys.stderr)
         return 2
     return 0

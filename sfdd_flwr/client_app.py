@@ -1,24 +1,32 @@
-"""SFDD ClientApp: Flower messages in, the node's behaviour on its private data, S_i out."""
+"""SFDD ClientApp: Flower messages in, the node's behaviour on its private data, S_i out;
+federated evaluation of S on the node's held-out split."""
 
 from __future__ import annotations
 
-from logging import INFO
+import functools
+from collections.abc import Callable
+from logging import ERROR, INFO
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from .behaviours import ClientJob, behaviour_for_node, load_behaviour
-from .config import Settings
-from .data import PartitionRequest, load_partition
+from .config import ConfigError, Settings
+from .data import DataUnavailableError
+from .distill import synthetic_labels
+from .evaluate import evaluate_synthetic_set
+from .node_data import NodeDataError, NodeDataRequest, load_node_split, node_label, request_for
 from .recorder import resolve_device
 from .seeding import derive_seed
 from .strategy import (
     CONFIG_KEY,
     IMAGES_KEY,
     METRICS_KEY,
+    NODE_DATA_ERROR_CODE,
+    NODE_KEY,
     NUM_EXAMPLES_KEY,
     RUN_DIR_KEY,
     SERVER_ROUND_KEY,
@@ -29,32 +37,44 @@ from .strategy import (
 VELOCITY_STATE_KEY = "synthetic-velocity"
 BEHAVIOUR_STATE_KEY = "behaviour-state"
 ANNOUNCED_STATE_KEY = "announced"
+# Settings that name things on the server's machine only: not checked on a node.
+SERVER_ONLY_KEYS = (SERVER_ROUND_KEY, RUN_DIR_KEY, "resume-from")
 
 app = ClientApp()
 
 
-def partition_request(settings: Settings, node_config: dict) -> PartitionRequest:
-    """Which data this node holds: `partition-id`/`num-partitions` from the node config
-    (set by the simulation engine, or by `--node-config` on a SuperNode); `data-dir` in
-    the node config overrides the run's."""
-    missing = [key for key in ("partition-id", "num-partitions") if key not in node_config]
-    if missing:
-        raise ValueError(
-            f"node config lacks {', '.join(missing)}: start the SuperNode with "
-            "--node-config \"partition-id=0 num-partitions=5\""
-        )
-    return PartitionRequest(
-        dataset=settings.dataset,
-        data_dir=str(node_config.get("data-dir", settings.data_dir)),
-        partition_id=int(node_config["partition-id"]),
-        num_partitions=int(node_config["num-partitions"]),
-        partitioning=settings.partitioning,
-        dirichlet_beta=settings.dirichlet_beta,
-        seed=settings.seed,
-    )
+def settings_from(config: ConfigRecord) -> Settings:
+    """The run's settings as the server sent them."""
+    return Settings.from_mapping(dict(config), ignore=SERVER_ONLY_KEYS)
 
 
-def private_seed(settings: Settings, node_config: dict, client: int) -> int:
+def node_data_request(settings: Settings, context: Context) -> NodeDataRequest:
+    """Where this node's data is: its node config checked against the run's task."""
+    return request_for(settings.task, dict(context.node_config), context.node_id)
+
+
+def replies_with_node_errors(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
+    """Answer with an explicit error reply when this node's data or settings do not fit.
+
+    The reason names the node and says what is wrong in one line, so the server logs it
+    and goes on with the other nodes; other exceptions are left to Flower.
+    """
+
+    @functools.wraps(handler)
+    def wrapped(message: Message, context: Context) -> Message:
+        try:
+            return handler(message, context)
+        except (NodeDataError, DataUnavailableError, ConfigError) as error:
+            reason = f"{node_label(context.node_config, context.node_id)}: {error}"
+            log(ERROR, "%s", reason)
+            return Message(Error(code=NODE_DATA_ERROR_CODE, reason=reason), reply_to=message)
+
+    return wrapped
+
+
+def private_seed(settings: Settings, node_config: dict, client: int | str) -> int:
     """The seed of the client's private draws (LDPO-RLD targets, LocalDP noise).
 
     A node should set its own secret `private-seed` in its node config; otherwise it is
@@ -67,23 +87,27 @@ def private_seed(settings: Settings, node_config: dict, client: int) -> int:
 
 
 @app.train()
+@replies_with_node_errors
 def train(message: Message, context: Context) -> Message:
     config = message.content[CONFIG_KEY]
-    settings = Settings.from_mapping(dict(config), ignore=(SERVER_ROUND_KEY, RUN_DIR_KEY))
+    settings = settings_from(config)
     server_round = int(config[SERVER_ROUND_KEY])
     node_config = dict(context.node_config)
-    request = partition_request(settings, node_config)
-    client = request.partition_id
+    request = node_data_request(settings, context)
+    client = request.client
     device = resolve_device(settings.device)
-    local_data = load_partition(request).to(device)
+    local_data = load_node_split(request, train=True).to(device)
     behaviour_name = behaviour_for_node(settings, node_config)
-    behaviour = load_behaviour(behaviour_name)()
+    try:
+        behaviour = load_behaviour(behaviour_name)()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if ANNOUNCED_STATE_KEY not in context.state.config_records:
         context.state[ANNOUNCED_STATE_KEY] = ConfigRecord({"round": server_round})
         counts = torch.bincount(local_data.labels.cpu(), minlength=settings.dataset_spec.num_classes)
         log(
             INFO,
-            "client %d: %d local examples (per class %s), behaviour %s, device %s, %d torch threads",
+            "client %s: %d local examples (per class %s), behaviour %s, device %s, %d torch threads",
             client, len(local_data), counts.tolist(), behaviour_name, device, torch.get_num_threads(),
         )
 
@@ -106,7 +130,7 @@ def train(message: Message, context: Context) -> Message:
         private_seed=private_seed(settings, node_config, client),
         run_dir=Path(str(config[RUN_DIR_KEY])) if RUN_DIR_KEY in config else None,
         node_config=node_config,
-        progress=lambda text: log(INFO, "client %d, round %d: %s", client, server_round, text),
+        progress=lambda text: log(INFO, "client %s, round %d: %s", client, server_round, text),
     )
     result = behaviour.local_update(job)
     if settings.persist_momentum:
@@ -124,4 +148,48 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({SYNTHETIC_SET_KEY: images_record(result.update.images), METRICS_KEY: metrics})
+    return Message(content=content, reply_to=message)
+
+
+@app.evaluate()
+@replies_with_node_errors
+def evaluate(message: Message, context: Context) -> Message:
+    """Federated evaluation: the DC protocol on S, tested on this node's held-out split.
+
+    Model k is seeded from (seed, round, k) as on the server, so every node trains the
+    same networks and the size-weighted mean of the nodes' accuracies is model k's
+    accuracy on the union of their test splits.
+    """
+    config = message.content[CONFIG_KEY]
+    settings = settings_from(config)
+    server_round = int(config[SERVER_ROUND_KEY])
+    request = node_data_request(settings, context)
+    device = resolve_device(settings.device)
+    test_set = load_node_split(request, train=False)
+    images = torch.from_numpy(message.content[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy().copy())
+    log(
+        INFO,
+        "%s, round %d: evaluating S with %d fresh networks on %d held-out images",
+        request.name, server_round, settings.eval_params.num_models, len(test_set),
+    )
+    result = evaluate_synthetic_set(
+        images,
+        synthetic_labels(settings.dataset_spec.num_classes, settings.ipc),
+        test_set.to(device),
+        settings.network_spec,
+        settings.eval_params,
+        settings.seed,
+        server_round,
+        device,
+        progress=lambda text: log(INFO, "%s, round %d: %s", request.name, server_round, text),
+        progress_seconds=settings.progress_seconds,
+    )
+    metrics = MetricRecord(
+        {
+            NUM_EXAMPLES_KEY: len(test_set),
+            "accuracies": [float(a) for a in result.accuracies],
+            "eval-seconds": result.seconds,
+        }
+    )
+    content = RecordDict({METRICS_KEY: metrics, NODE_KEY: ConfigRecord({"name": request.name})})
     return Message(content=content, reply_to=message)

@@ -23,13 +23,15 @@ from .distill import DistillParams, loops_for_ipc
 from .evaluate import EvalParams, protocol_defaults
 from .matching import MATCH_METRICS
 from .models import ACTIVATIONS, NORMALIZATIONS, POOLINGS, NetworkSpec
+from .node_data import IMAGEFOLDER, Task
 from .privacy.ldpo_rld import TARGET_MODES
 from .privacy.local_dp import MECHANISMS
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+EVAL_MODES = ("server", "federated", "both")
 DEFENCES = ("none", "ldpo-rld", "local-dp")
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum")
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,11 @@ class Settings:
     num_server_rounds: int = 30
     dataset: str = "mnist"
     data_dir: str = "~/.cache/sfdd-flwr/data"
+    class_names: str = ""
+    channels: int = 0
+    image_size: str = ""
+    norm_mean: str = ""
+    norm_std: str = ""
     partitioning: str = "iid"
     dirichlet_beta: float = 0.5
     ipc: int = 1
@@ -66,6 +73,8 @@ class Settings:
     min_clients: int = 2
     round_timeout: float = 3600.0
     eval_every: int = 0
+    eval_mode: str = "server"
+    eval_timeout: float = 3600.0
     num_eval: int = 5
     eval_epochs: int = 0
     eval_augment: str = "auto"
@@ -99,7 +108,43 @@ class Settings:
     # ----- derived, typed views for the core modules -----
     @property
     def dataset_spec(self) -> DatasetSpec:
-        return DATASETS[self.dataset]
+        """The task: a named dataset's, or the one declared for `dataset='imagefolder'`."""
+        if self.dataset != IMAGEFOLDER:
+            return DATASETS[self.dataset]
+        return DatasetSpec(
+            name=IMAGEFOLDER,
+            num_classes=len(self.class_name_list),
+            channels=self.channels,
+            image_size=parse_image_size(self.image_size),
+            mean=parse_floats(self.norm_mean),
+            std=parse_floats(self.norm_std),
+        )
+
+    @property
+    def class_name_list(self) -> tuple[str, ...]:
+        """Declared class folder names in label order (imagefolder), else ()."""
+        return parse_class_names(self.class_names) if self.class_names else ()
+
+    @property
+    def task(self) -> Task:
+        """What every node's data must fit (and where named datasets are by default)."""
+        return Task(
+            dataset=self.dataset,
+            spec=self.dataset_spec,
+            class_names=self.class_name_list,
+            data_dir=str(self.data_path),
+            partitioning=self.partitioning,
+            dirichlet_beta=self.dirichlet_beta,
+            seed=self.seed,
+        )
+
+    @property
+    def evaluates_on_server(self) -> bool:
+        return self.num_eval > 0 and self.eval_mode in ("server", "both")
+
+    @property
+    def evaluates_federated(self) -> bool:
+        return self.num_eval > 0 and self.eval_mode in ("federated", "both")
 
     @property
     def network_spec(self) -> NetworkSpec:
@@ -170,6 +215,42 @@ def _key(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
+def parse_class_names(text: str) -> tuple[str, ...]:
+    """'normal, pneumonia' -> ('normal', 'pneumonia'): at least two distinct folder names."""
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError("need at least two distinct names")
+    if any(not name or name.startswith(".") or "/" in name or "\\" in name for name in names):
+        raise ValueError("names must be plain folder names")
+    return names
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'28x28' or '28' -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise ValueError(f"not HEIGHTxWIDTH: {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5): finite numbers."""
+    values = tuple(float(part) for part in text.split(","))
+    if not all(math.isfinite(value) for value in values):
+        raise ValueError(f"not finite: {text!r}")
+    return values
+
+
+def _parses(parse: Callable[[str], Any], text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Rule:
     check: Callable[[Any], bool]
@@ -189,13 +270,31 @@ _POSITIVE = _Rule(lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 _RULES: dict[str, _Rule] = {
     "seed": _at_least(0),
     "num_server_rounds": _at_least(1),
-    "dataset": _choice(sorted(DATASETS)),
+    "dataset": _choice([*sorted(DATASETS), IMAGEFOLDER]),
     "data_dir": _Rule(
         lambda v: bool(v)
         and (not Path(v).expanduser().exists() or (
             Path(v).expanduser().is_dir() and os.access(Path(v).expanduser(), os.R_OK | os.X_OK)
         )),
         "a readable directory (or a path where the dataset may be downloaded)",
+    ),
+    "class_names": _Rule(
+        lambda v: v == "" or _parses(parse_class_names, v),
+        "'' or the class folder names in label order, comma-separated, at least two, "
+        "distinct (e.g. 'normal,pneumonia')",
+    ),
+    "channels": _Rule(lambda v: v in (0, 1, 3), "0 (the named dataset's), 1 or 3"),
+    "image_size": _Rule(
+        lambda v: v == "" or _parses(parse_image_size, v),
+        "'' or HEIGHTxWIDTH in pixels (e.g. '28x28'; one number for square images)",
+    ),
+    "norm_mean": _Rule(
+        lambda v: v == "" or _parses(parse_floats, v),
+        "'' or one number per channel, comma-separated (e.g. '0.5' or '0.5,0.5,0.5')",
+    ),
+    "norm_std": _Rule(
+        lambda v: v == "" or (_parses(parse_floats, v) and min(parse_floats(v)) > 0),
+        "'' or one number > 0 per channel, comma-separated (e.g. '0.25' or '0.2,0.2,0.2')",
     ),
     "partitioning": _choice(PARTITIONINGS),
     "dirichlet_beta": _POSITIVE,
@@ -217,6 +316,8 @@ _RULES: dict[str, _Rule] = {
     "min_clients": _at_least(1),
     "round_timeout": _POSITIVE,
     "eval_every": _Rule(lambda v: v >= 0, "0 (evaluate only at the end) or an integer >= 1"),
+    "eval_mode": _choice(EVAL_MODES),
+    "eval_timeout": _POSITIVE,
     "num_eval": _Rule(lambda v: v >= 0, "0 (no evaluation, pictures only) or an integer >= 1"),
     "eval_epochs": _Rule(lambda v: v >= 0, "0 (protocol default) or an integer >= 1"),
     "eval_augment": _choice(("auto", "on", "off")),
@@ -266,22 +367,70 @@ def _known_behaviour(name: str) -> bool:
 
 
 def _check_combinations(settings: Settings) -> None:
-    """Rules that involve several settings."""
+    """Rules that involve several settings (checked for the features a run turns on)."""
     classes = settings.dataset_spec.num_classes
-    if settings.ldpo_k > classes - 1:
+    if settings.defence == "ldpo-rld" and settings.ldpo_k > classes - 1:
         raise ConfigError(
             f"ldpo-k={settings.ldpo_k} is not allowed: must be at most num classes - 1 = {classes - 1}"
         )
+    if settings.malicious_clients or settings.malicious_fraction > 0:
+        backdoor_problem = doorping_problem(settings)
+        if backdoor_problem:
+            raise ConfigError(backdoor_problem)
+
+
+def doorping_problem(settings: Settings) -> str | None:
+    """Why the Doorping settings do not fit the task, or None (also checked on the nodes)."""
+    classes = settings.dataset_spec.num_classes
     if settings.doorping_target >= classes:
-        raise ConfigError(
+        return (
             f"doorping-target={settings.doorping_target} is not allowed: must be a class of "
             f"{settings.dataset} (0..{classes - 1})"
         )
     if settings.doorping_trigger_size + 1 > min(settings.dataset_spec.image_size):
-        raise ConfigError(
+        return (
             f"doorping-trigger-size={settings.doorping_trigger_size} is not allowed: the patch "
             "and its 1 px margin must fit in the image"
         )
+    return None
+
+
+_TASK_FIELDS = ("class_names", "channels", "image_size", "norm_mean", "norm_std")
+
+
+def _task_problem(settings: Settings) -> str | None:
+    """Why the task declaration does not fit `dataset`, or None.
+
+    A named dataset brings its own classes, size and normalisation; an ImageFolder task
+    must declare all of them, with one mean and one std per channel.
+    """
+    if settings.dataset != IMAGEFOLDER:
+        for name in _TASK_FIELDS:
+            value = getattr(settings, name)
+            if value != getattr(Settings, name):
+                return (
+                    f"{_key(name)}={value!r} is not allowed: must be left unset unless "
+                    f"dataset='{IMAGEFOLDER}' ({settings.dataset} defines its own classes, "
+                    "image size and normalisation)"
+                )
+        return None
+    for name in _TASK_FIELDS:
+        value = getattr(settings, name)
+        if value == getattr(Settings, name):
+            return (
+                f"{_key(name)}={value!r} is not allowed: must be set when "
+                f"dataset='{IMAGEFOLDER}' (the task declares class-names, channels, "
+                "image-size, norm-mean and norm-std)"
+            )
+    for name in ("norm_mean", "norm_std"):
+        value = getattr(settings, name)
+        if len(parse_floats(value)) != settings.channels:
+            return (
+                f"{_key(name)}={value!r} is not allowed: must hold one number per channel "
+                f"(channels={settings.channels})"
+            )
+    return None
+
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -323,6 +472,9 @@ def _build(values: dict[str, Any], ignore: tuple[str, ...] = ()) -> Settings:
         value = getattr(settings, name)
         if not rule.check(value):
             raise ConfigError(f"{_key(name)}={value!r} is not allowed: must be {rule.allowed}")
+    problem = _task_problem(settings)
+    if problem:
+        raise ConfigError(problem)
     _check_combinations(settings)
     return settings
 

@@ -2,22 +2,30 @@
 and local demos. Every process started here is tracked by PID and stopped by PID.
 
 A `LocalSuperLink` has its own FLWR_HOME and free ports, so it neither uses nor
-disturbs a developer's `flwr run` SuperLink.
+disturbs a developer's `flwr run` SuperLink. It runs the simulation runtime, or the
+deployment runtime with TLS and SuperNode authentication, which `LocalSuperNode`s join
+with their own node config, as hospitals would from their own machines.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GENERATE_CERTS_SCRIPT = PROJECT_ROOT / "docker" / "generate-certs.sh"
+CONNECTION_NAME = "local-test"
 
 
 def flower_command(name: str) -> str:
@@ -89,10 +97,65 @@ def kill_process_tree(process: subprocess.Popen) -> None:
     process.wait()
 
 
-class LocalSuperLink:
-    """A simulation SuperLink on free loopback ports with a private FLWR_HOME."""
+@dataclass(frozen=True)
+class Credentials:
+    """The files `docker/generate-certs.sh` writes, one folder per party."""
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+    root: Path
+
+    @property
+    def ca_certificate(self) -> Path:
+        return self.root / "ca" / "ca.crt"
+
+    @property
+    def superlink_certificate(self) -> Path:
+        return self.root / "superlink" / "server.pem"
+
+    @property
+    def superlink_key(self) -> Path:
+        return self.root / "superlink" / "server.key"
+
+    def supernode_key(self, name: str) -> Path:
+        return self.root / name / "supernode.key"
+
+    def supernode_public_key(self, name: str) -> Path:
+        return self.root / name / "supernode.key.pub"
+
+
+def generate_credentials(directory: Path, node_names: list[str], hosts: tuple[str, ...] = ()) -> Credentials:
+    """A CA, a SuperLink TLS certificate and one auth key pair per node, by the same
+    script the Docker setup and the deployment guide use."""
+    command = ["bash", str(GENERATE_CERTS_SCRIPT), "-o", str(directory)]
+    for host in hosts:
+        command += ["-H", host]
+    result = subprocess.run([*command, *node_names], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{GENERATE_CERTS_SCRIPT.name} failed: {result.stdout}{result.stderr}")
+    return Credentials(Path(directory))
+
+
+class LocalSuperLink:
+    """A SuperLink on free loopback ports with a private FLWR_HOME.
+
+    `simulation=True` (default): the simulation runtime, plain HTTP. `simulation=False`:
+    the deployment runtime for `LocalSuperNode`s, with TLS when `credentials` are given
+    and SuperNode authentication when `supernode_auth` is set (registered keys only).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        simulation: bool = True,
+        credentials: Credentials | None = None,
+        supernode_auth: bool = False,
+    ) -> None:
+        if supernode_auth and credentials is None:
+            raise ValueError("SuperNode authentication needs TLS: pass credentials")
+        self.simulation = simulation
+        self.credentials = credentials
+        self.supernode_auth = supernode_auth
         self.workdir = Path(workdir)
         self.home = self.workdir / "flwr-home"
         self.http_port = free_port()
@@ -109,29 +172,65 @@ class LocalSuperLink:
             **(extra_env or {}),
         }
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def connection_toml(self) -> str:
+        """The flwr CLI's connection to this SuperLink (FLWR_HOME/config.toml)."""
+        security = (
+            f'root-certificates = "{self.credentials.ca_certificate}"\n'
+            if self.credentials is not None
+            else "insecure = true\n"
+        )
+        return (
+            f'[superlink]\ndefault = "{CONNECTION_NAME}"\n\n'
+            f'[superlink.{CONNECTION_NAME}]\naddress = "{self.address}"\n{security}'
+        )
+
+    def command(self) -> list[str]:
+        command = [flower_command("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.http_port)]
+        if self.simulation:
+            return [
+                *command, "--insecure", "--simulation",
+                "--control-api-address", f"127.0.0.1:{self.control_port}",
+                "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
+            ]
+        if self.credentials is None:
+            command.append("--insecure")
+        else:
+            command += [
+                "--ssl-ca-certfile", str(self.credentials.ca_certificate),
+                "--ssl-certfile", str(self.credentials.superlink_certificate),
+                "--ssl-keyfile", str(self.credentials.superlink_key),
+            ]
+        if self.supernode_auth:
+            command.append("--enable-supernode-auth")
+        return command
+
+    def _health_url_and_context(self) -> tuple[str, ssl.SSLContext | None]:
+        if self.credentials is None:
+            return f"http://{self.address}/health", None
+        context = ssl.create_default_context(cafile=str(self.credentials.ca_certificate))
+        context.verify_flags |= ssl.VERIFY_X509_STRICT  # as newer Pythons verify by default
+        return f"https://{self.address}/health", context
+
     def start(self, timeout_seconds: float = 60.0) -> LocalSuperLink:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(
-            '[superlink]\ndefault = "local-test"\n\n'
-            f'[superlink.local-test]\naddress = "127.0.0.1:{self.http_port}"\ninsecure = true\n'
-        )
+        (self.home / "config.toml").write_text(self.connection_toml())
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [
-                    flower_command("flower-superlink"), "--insecure", "--simulation",
-                    "--host", "127.0.0.1", "--port", str(self.http_port),
-                    "--control-api-address", f"127.0.0.1:{self.control_port}",
-                    "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
-                ],
+                self.command(),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        url, context = self._health_url_and_context()
         deadline = time.monotonic() + timeout_seconds
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=1):
+                with urllib.request.urlopen(url, timeout=1, context=context):
                     return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -154,16 +253,20 @@ class LocalSuperLink:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def run_command(self, run_config: str, num_supernodes: int, num_cpus: float | None = None) -> list[str]:
-        federation = f"num-supernodes={num_supernodes}"
-        if num_cpus is not None:
-            federation += f" client-resources-num-cpus={num_cpus:g}"
-        return [
-            flower_command("flwr"), "run", str(PROJECT_ROOT), "--stream",
-            "--federation-config", federation, "--run-config", run_config,
-        ]
+    def run_command(self, run_config: str, num_supernodes: int | None = None,
+                    num_cpus: float | None = None) -> list[str]:
+        """`flwr run . <connection> --stream`; a simulation also gets its federation size."""
+        command = [flower_command("flwr"), "run", str(PROJECT_ROOT), CONNECTION_NAME, "--stream"]
+        if self.simulation:
+            if num_supernodes is None:
+                raise ValueError("a simulation run needs num_supernodes")
+            federation = f"num-supernodes={num_supernodes}"
+            if num_cpus is not None:
+                federation += f" client-resources-num-cpus={num_cpus:g}"
+            command += ["--federation-config", federation]
+        return [*command, "--run-config", run_config]
 
-    def run(self, run_config: str, num_supernodes: int, num_cpus: float | None = None,
+    def run(self, run_config: str, num_supernodes: int | None = None, num_cpus: float | None = None,
             timeout_seconds: float = 3600.0) -> subprocess.CompletedProcess:
         """`flwr run . --stream` against this SuperLink; returns once the run ends."""
         return subprocess.run(
@@ -171,11 +274,132 @@ class LocalSuperLink:
             env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_seconds,
         )
 
-    def submit(self, run_config: str, num_supernodes: int, log_path: Path) -> subprocess.Popen:
+    def submit(self, run_config: str, num_supernodes: int | None, log_path: Path) -> subprocess.Popen:
         """Start `flwr run . --stream` in the background, streaming into `log_path`."""
-        log = log_path.open("w")
-        return subprocess.Popen(
-            self.run_command(run_config, num_supernodes),
-            env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+        with log_path.open("w") as log:
+            return subprocess.Popen(
+                self.run_command(run_config, num_supernodes),
+                env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def flwr(self, *arguments: str, timeout_seconds: float = 120.0) -> subprocess.CompletedProcess:
+        """A `flwr` CLI command against this SuperLink (its connection is the default)."""
+        return subprocess.run(
+            [flower_command("flwr"), *arguments], env=self.env, cwd=self.workdir,
+            capture_output=True, text=True, timeout=timeout_seconds,
         )
+
+    def register_supernode(self, public_key: Path, name: str) -> int:
+        """`flwr supernode register`: admit the SuperNode holding the matching private key."""
+        result = self.flwr("supernode", "register", str(public_key), CONNECTION_NAME, "--name", name, "--format", "json")
+        try:
+            return int(json.loads(result.stdout)["node-id"])
+        except (ValueError, KeyError) as error:
+            raise RuntimeError(f"registering {public_key} failed: {result.stdout}{result.stderr}") from error
+
+    def supernodes(self) -> dict[int, str]:
+        """Registered SuperNodes and their status (`flwr supernode ls`)."""
+        result = self.flwr("supernode", "ls", CONNECTION_NAME, "--format", "json")
+        try:
+            nodes = json.loads(result.stdout)["nodes"]
+        except (ValueError, KeyError) as error:
+            raise RuntimeError(f"listing SuperNodes failed: {result.stdout}{result.stderr}") from error
+        return {int(node["node-id"]): node["status"] for node in nodes}
+
+
+class LocalSuperNode:
+    """A `flower-supernode` on loopback: its own FLWR_HOME, node config and log.
+
+    It talks TLS to its SuperLink (verifying it with `root_certificates`, by default the
+    SuperLink's CA) and authenticates with `private_key` when given. Started and stopped
+    by PID; `start()` again after `stop()`/`kill()` reconnects it with the same identity.
+    """
+
+    def __init__(
+        self,
+        superlink: LocalSuperLink,
+        name: str,
+        node_config: str,
+        private_key: Path | None = None,
+        root_certificates: Path | None = None,
+        use_superlink_ca: bool = True,
+    ) -> None:
+        self.superlink = superlink
+        self.name = name
+        self.node_config = node_config
+        self.private_key = private_key
+        self.root_certificates = root_certificates
+        if root_certificates is None and use_superlink_ca and superlink.credentials is not None:
+            self.root_certificates = superlink.credentials.ca_certificate
+        self.workdir = superlink.workdir / "supernodes" / name
+        self.home = self.workdir / "flwr-home"
+        self.log_path = self.workdir / "supernode.log"
+        self.process: subprocess.Popen | None = None
+        self._log_offset = 0
+        # Loopback nodes share this machine's cores: one torch thread each avoids
+        # oversubscription (a hospital's own machine needs no such limit).
+        self.env = superlink.env | {"FLWR_HOME": str(self.home), "OMP_NUM_THREADS": "1"}
+
+    def command(self) -> list[str]:
+        command = [
+            flower_command("flower-supernode"), "--superlink", self.superlink.address,
+            "--host", "127.0.0.1", "--port", str(free_port()),
+            "--node-config", self.node_config,
+        ]
+        if self.superlink.credentials is None:
+            command.append("--insecure")
+        elif self.root_certificates is not None:
+            command += ["--root-certificates", str(self.root_certificates)]
+        if self.private_key is not None:
+            command += ["--auth-supernode-private-key", str(self.private_key)]
+        return command
+
+    def start(self) -> LocalSuperNode:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                self.command(), env=self.env, cwd=self.workdir, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    def log_text(self) -> str:
+        """What this SuperNode logged since its last start."""
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open(errors="replace") as log:
+            log.seek(self._log_offset)
+            return log.read()
+
+    def wait_until_connected(self, timeout_seconds: float = 60.0) -> int:
+        """Its node ID once the SuperLink accepted it; raises if it exits first."""
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if found := re.search(r"SuperNode ID: (\d+)", self.log_text()):
+                return int(found.group(1))
+            if self.process is None or self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"SuperNode {self.name} did not connect:\n{self.log_text()[-3000:]}")
+
+    def wait_for_exit(self, timeout_seconds: float = 60.0) -> int:
+        """Its exit code (e.g. after the SuperLink refused it)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout_seconds)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_tree(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the SuperNode and its ClientApp processes at once (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            kill_process_tree(self.process)
+
+    def __enter__(self) -> LocalSuperNode:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()

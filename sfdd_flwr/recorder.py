@@ -22,9 +22,11 @@ from .config import ConfigError, Settings
 from .data import LabelledImages
 from .distill import initial_synthetic_images, synthetic_labels
 from .evaluate import EvalResult, evaluate_synthetic_set, mean_and_std
+from .federated_eval import FederatedEvalResult
 from .seeding import make_generator
 
 Evaluator = Callable[[int, torch.Tensor, "Trigger | None"], EvalResult]
+FederatedEvaluator = Callable[[int, torch.Tensor], FederatedEvalResult]
 
 
 def find_trigger(run_dir: Path) -> tuple[Trigger, str] | None:
@@ -97,7 +99,11 @@ def server_evaluator(
 
 
 class RunRecorder:
-    """Checkpoints, evaluation schedule, metrics and progress lines of one run."""
+    """Checkpoints, evaluation schedule, metrics and progress lines of one run.
+
+    `evaluator` tests S on a test set this process holds (server-side evaluation);
+    `federated_evaluator` has the nodes test it on their held-out data.
+    """
 
     def __init__(
         self,
@@ -105,10 +111,12 @@ class RunRecorder:
         mode: str,
         evaluator: Evaluator | None,
         report: Callable[[str], None],
+        federated_evaluator: FederatedEvaluator | None = None,
     ) -> None:
         self.settings = settings
         self.mode = mode
         self.evaluator = evaluator
+        self.federated_evaluator = federated_evaluator
         self.report = report
         self.spec = settings.dataset_spec
         self.labels = synthetic_labels(self.spec.num_classes, settings.ipc)
@@ -124,6 +132,7 @@ class RunRecorder:
         self.rounds_done_in_session = 0
         self.round_seconds_total = 0.0
         self.last_evaluation: dict[str, Any] | None = None
+        self.last_federated_evaluation: dict[str, Any] | None = None
 
     # ----- start -----
     def start(self) -> torch.Tensor:
@@ -164,6 +173,12 @@ class RunRecorder:
                 for key, value in evaluated[-1].items()
                 if key in ("round", "accuracy_mean", "accuracy_std", "accuracies", "eval_seconds")
                 or key.startswith("attack_success")
+            }
+        federated = [r for r in self.run_dir.read_metrics() if r.get("federated_accuracy_mean") is not None]
+        if federated:
+            self.last_federated_evaluation = {
+                "round": federated[-1]["round"],
+                **{k: v for k, v in federated[-1].items() if k.startswith("federated_")},
             }
         self.run_dir.save_config(self.settings.to_record())
         self.report(
@@ -206,7 +221,7 @@ class RunRecorder:
         parts.append(f"{round_metrics.get('round_seconds', 0.0):.1f} s")
         parts.append(f"ETA {format_seconds(eta)} (rounds only)")
         self.report(" | ".join(parts))
-        if evaluate_now and self.evaluator is not None:
+        if evaluate_now and (self.evaluator is not None or self.federated_evaluator is not None):
             record.update(self._evaluate(round_number, images))
         elif evaluate_now:
             self.run_dir.save_grid(images, self.spec, self.settings.ipc, round_number)
@@ -216,43 +231,96 @@ class RunRecorder:
 
     def _evaluate(self, round_number: int, images: torch.Tensor) -> dict[str, Any]:
         params = self.settings.eval_params
-        found = find_trigger(self.run_dir.path)
+        where = [
+            text
+            for text, hook in (
+                ("the server's test set", self.evaluator),
+                ("the nodes' held-out data", self.federated_evaluator),
+            )
+            if hook is not None
+        ]
+        found = find_trigger(self.run_dir.path) if self.evaluator is not None else None
         self.report(
             f"round {round_number}: evaluating S with {params.num_models} fresh networks "
-            f"x {params.epochs} epochs{' with augmentation' if params.augment else ''}"
+            f"x {params.epochs} epochs{' with augmentation' if params.augment else ''} "
+            f"on {' and on '.join(where)}"
             + (f"; scoring the backdoor of {found[1]}" if found else "")
         )
-        result = self.evaluator(round_number, images, found[0] if found else None)
+        record: dict[str, Any] = {}
         grid = self.run_dir.save_grid(images, self.spec, self.settings.ipc, round_number)
-        attack = ""
-        if result.attack_success:
-            attack_mean, attack_std = mean_and_std(result.attack_success)
-            attack = f"; attack success {100 * attack_mean:.2f} ± {100 * attack_std:.2f} %"
-        self.report(
-            f"round {round_number}: accuracy {100 * result.mean:.2f} ± {100 * result.std:.2f} % "
-            f"over {len(result.accuracies)} models{attack} ({format_seconds(result.seconds)}); "
-            f"picture: {grid}"
-        )
-        self.last_evaluation = {
-            "round": round_number,
-            "accuracy_mean": result.mean,
-            "accuracy_std": result.std,
-            "accuracies": result.accuracies,
-            "eval_seconds": round(result.seconds, 3),
-        }
-        if result.attack_success:
-            self.last_evaluation |= {
-                "attack_success_mean": attack_mean,
-                "attack_success_std": attack_std,
-                "attack_success": result.attack_success,
+        if self.evaluator is not None:
+            result = self.evaluator(round_number, images, found[0] if found else None)
+            attack = ""
+            if result.attack_success:
+                attack_mean, attack_std = mean_and_std(result.attack_success)
+                attack = f"; attack success {100 * attack_mean:.2f} ± {100 * attack_std:.2f} %"
+            self.report(
+                f"round {round_number}: accuracy {100 * result.mean:.2f} ± {100 * result.std:.2f} % "
+                f"over {len(result.accuracies)} models{attack} ({format_seconds(result.seconds)}); "
+                f"picture: {grid}"
+            )
+            self.last_evaluation = {
+                "round": round_number,
+                "accuracy_mean": result.mean,
+                "accuracy_std": result.std,
+                "accuracies": result.accuracies,
+                "eval_seconds": round(result.seconds, 3),
             }
-        return {k: v for k, v in self.last_evaluation.items() if k != "round"}
+            if result.attack_success:
+                self.last_evaluation |= {
+                    "attack_success_mean": attack_mean,
+                    "attack_success_std": attack_std,
+                    "attack_success": result.attack_success,
+                }
+            record.update({k: v for k, v in self.last_evaluation.items() if k != "round"})
+        if self.federated_evaluator is not None:
+            federated = self.federated_evaluator(round_number, images)
+            picture = "" if self.evaluator is not None else f"; picture: {grid}"
+            record.update(self._federated_record(round_number, federated, picture))
+        return record
+
+    def _federated_record(self, round_number: int, result: FederatedEvalResult, picture: str) -> dict[str, Any]:
+        answered = len(result.nodes)
+        asked = answered + len(result.failures)
+        record: dict[str, Any] = {
+            "federated_accuracy_mean": result.mean if answered else None,
+            "federated_accuracy_std": result.std if answered else None,
+            "federated_accuracies": result.accuracies,
+            "federated_test_examples": result.num_examples,
+            "federated_nodes": [
+                {"node": n.node, "examples": n.num_examples, "accuracy_mean": n.mean, "seconds": round(n.seconds, 3)}
+                for n in result.nodes
+            ],
+            "federated_failures": result.failures,
+            "federated_eval_seconds": round(result.seconds, 3),
+        }
+        if not answered:
+            self.report(
+                f"round {round_number}: federated accuracy not available: no node answered "
+                f"({'; '.join(result.failures)}){picture}"
+            )
+            return record
+        self.report(
+            f"round {round_number}: federated accuracy {100 * result.mean:.2f} ± {100 * result.std:.2f} % "
+            f"over {len(result.accuracies)} models on {result.num_examples} held-out images of "
+            f"{answered}/{asked} nodes ({format_seconds(result.seconds)}){picture}"
+        )
+        self.report(
+            f"round {round_number}: per node: "
+            + ", ".join(f"{n.node} {100 * n.mean:.2f} % on {n.num_examples} images" for n in result.nodes)
+        )
+        self.last_federated_evaluation = {"round": round_number, **record}
+        return record
 
     # ----- end -----
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write summary.json and report the final summary line."""
         records = self.run_dir.read_metrics()
-        total_seconds = sum(float(r.get("round_seconds", 0.0)) + float(r.get("eval_seconds", 0.0)) for r in records)
+        total_seconds = sum(
+            float(r.get("round_seconds", 0.0)) + float(r.get("eval_seconds", 0.0)) + float(r.get("federated_eval_seconds", 0.0))
+            for r in records
+        )
+        federated = self.last_federated_evaluation
         summary: dict[str, Any] = {
             "mode": self.mode,
             "dataset": self.settings.dataset,
@@ -261,6 +329,9 @@ class RunRecorder:
             "final_accuracy_mean": self.last_evaluation["accuracy_mean"] if self.last_evaluation else None,
             "final_accuracy_std": self.last_evaluation["accuracy_std"] if self.last_evaluation else None,
             "final_attack_success_mean": (self.last_evaluation or {}).get("attack_success_mean"),
+            "final_federated_accuracy_mean": federated["federated_accuracy_mean"] if federated else None,
+            "final_federated_accuracy_std": federated["federated_accuracy_std"] if federated else None,
+            "federated_test_examples": federated["federated_test_examples"] if federated else None,
             "num_eval_models": self.settings.num_eval,
             "eval_epochs": self.settings.eval_params.epochs,
             "seconds": round(total_seconds, 1),
@@ -268,13 +339,21 @@ class RunRecorder:
             **(extra or {}),
         }
         self.run_dir.write_summary(summary)
-        accuracy = (
-            f"final accuracy {100 * summary['final_accuracy_mean']:.2f} ± "
-            f"{100 * summary['final_accuracy_std']:.2f} % ({self.settings.num_eval} models, "
-            f"{summary['eval_epochs']} epochs)"
-            if self.last_evaluation
-            else "no evaluation"
-        )
+        results = []
+        if self.last_evaluation:
+            results.append(
+                f"final accuracy {100 * summary['final_accuracy_mean']:.2f} ± "
+                f"{100 * summary['final_accuracy_std']:.2f} % ({self.settings.num_eval} models, "
+                f"{summary['eval_epochs']} epochs)"
+            )
+        if federated:
+            results.append(
+                f"final federated accuracy {100 * federated['federated_accuracy_mean']:.2f} ± "
+                f"{100 * federated['federated_accuracy_std']:.2f} % ({self.settings.num_eval} models, "
+                f"{summary['eval_epochs']} epochs, {federated['federated_test_examples']} held-out images "
+                f"of {len(federated['federated_nodes'])} nodes)"
+            )
+        accuracy = "; ".join(results) or "no evaluation"
         self.report(
             f"SUMMARY {self.mode} {self.settings.dataset} IPC {self.settings.ipc}: "
             f"{summary['rounds']} rounds in {format_seconds(total_seconds)}; {accuracy}; "
@@ -294,6 +373,7 @@ class RunRecorder:
             "image_size": list(self.spec.image_size),
             "mean": list(self.spec.mean),
             "std": list(self.spec.std),
+            "class_names": list(self.settings.class_name_list),
             "seed": self.settings.seed,
             "settings": self.settings.to_record(),
         }

@@ -9,7 +9,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from .config import ConfigError, resolve_settings
-from .data import DataUnavailableError, load_split
+from .data import DataUnavailableError
+from .node_data import NodeDataError, whole_split
 from .recorder import RunRecorder, resolve_device, server_evaluator
 from .strategy import SFDDStrategy
 
@@ -34,15 +35,19 @@ def main(grid: Grid, context: Context) -> None:
         settings = resolve_settings(context.run_config, explicit_overrides(grid))
         device = resolve_device(settings.device)
         test_set = None
-        if settings.num_eval > 0:
+        if settings.evaluates_on_server:
             report(f"loading the {settings.dataset} test set from {settings.data_path} for evaluation")
-            test_set = load_split(settings.dataset, str(settings.data_path), train=False)
-    except (ConfigError, DataUnavailableError) as error:
+            test_set = whole_split(settings.task, train=False)
+    except (ConfigError, DataUnavailableError, NodeDataError) as error:
         log(ERROR, "%s", error)
         raise SystemExit(f"sfdd-flwr: {error}") from None
     strategy = SFDDStrategy(settings, report)
     recorder = RunRecorder(
-        settings, "sfdd", server_evaluator(settings, test_set, device, report), report
+        settings,
+        "sfdd",
+        server_evaluator(settings, test_set, device, report),
+        report,
+        federated_evaluator=strategy.federated_evaluator(grid) if settings.evaluates_federated else None,
     )
     strategy.distill(grid, recorder)
     recorder.finish()

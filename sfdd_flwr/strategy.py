@@ -19,7 +19,8 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Mult
 
 from .aggregation import update_problem, weighted_mean
 from .config import Settings
-from .recorder import RunRecorder
+from .federated_eval import FederatedEvalResult, NodeEvaluation, combine_node_evaluations, evaluation_problem
+from .recorder import FederatedEvaluator, RunRecorder
 from .seeding import derive_seed
 
 SYNTHETIC_SET_KEY = "synthetic-set"
@@ -29,6 +30,10 @@ METRICS_KEY = "metrics"
 NUM_EXAMPLES_KEY = "num-examples"
 SERVER_ROUND_KEY = "server-round"
 RUN_DIR_KEY = "run-dir"
+ACCURACIES_KEY = "accuracies"
+NODE_KEY = "node"
+# Error code of a node whose data or settings do not fit the run (Flower's own are 0-8).
+NODE_DATA_ERROR_CODE = 100
 
 
 def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
@@ -62,6 +67,41 @@ def robust_aggregator(settings: Settings) -> FedAvg | None:
     return None
 
 
+def replying_nodes(messages: Iterable[Message], replies: Iterable[Message]) -> list[int]:
+    """The node each reply is about: the destination of the message it answers.
+
+    Replies the SuperLink makes itself (e.g. 'node unavailable' after missed heartbeats)
+    carry the SuperLink as their source, so the source alone does not name the node.
+    """
+    destinations = {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+    return [destinations.get(r.metadata.reply_to_message_id, r.metadata.src_node_id) for r in replies]
+
+
+def replies_from_nodes(
+    messages: list[Message], replies: list[Message], deadline: str
+) -> tuple[list[Message], list[str]]:
+    """The replies the nodes sent, and one line for each node that sent none.
+
+    A node that crashed or disconnected stays silent until the `deadline` (e.g.
+    'round-timeout=600 s'), or the SuperLink answers for it once it signed off or its
+    heartbeats stopped.
+    """
+    from_nodes, missing = [], []
+    nodes = replying_nodes(messages, replies)
+    for reply, node_id in zip(replies, nodes):
+        if reply.metadata.src_node_id == node_id:
+            from_nodes.append(reply)
+        else:
+            missing.append(f"node {node_id}: {reply.error.reason if reply.has_error() else 'no reply'}")
+    answered = set(nodes)
+    missing += [
+        f"node {m.metadata.dst_node_id}: no reply within {deadline}"
+        for m in messages
+        if m.metadata.dst_node_id not in answered
+    ]
+    return from_nodes, missing
+
+
 class SFDDStrategy(FedAvg):
     """FedAvg over synthetic sets: weighted by client data size, labels never averaged.
 
@@ -84,6 +124,7 @@ class SFDDStrategy(FedAvg):
         self.robust = robust_aggregator(settings)
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
+        self.last_evaluation: FederatedEvalResult | None = None
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         """Connected node IDs once at least `min-clients` are there (up to round-timeout)."""
@@ -218,6 +259,9 @@ class SFDDStrategy(FedAvg):
             if server_round == recorder.first_round:
                 self.report(f"round {server_round}: sending S to {len(messages)} clients")
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+            replies, unavailable = replies_from_nodes(messages, replies, f"round-timeout={settings.round_timeout:g} s")
+            for line in unavailable:
+                log(WARNING, "round %d: %s; aggregating the replies that arrived", server_round, line)
             received_bytes = sum(
                 record_bytes(reply.content.array_records.get(SYNTHETIC_SET_KEY))
                 for reply in replies
@@ -226,7 +270,7 @@ class SFDDStrategy(FedAvg):
             aggregated, metrics = self.aggregate_train(server_round, replies)
             missing = len(messages) - len(replies)
             if aggregated is None:
-                reasons = "; ".join(self.last_round_failures) or "no reply arrived in time"
+                reasons = "; ".join(self.last_round_failures + unavailable) or "no reply arrived in time"
                 raise RuntimeError(
                     f"round {server_round}: no usable client update ({reasons}); "
                     f"S of round {server_round - 1} is saved, resume with "
@@ -240,6 +284,7 @@ class SFDDStrategy(FedAvg):
                     "matching_loss": float(metrics["matching-loss"]),
                     "clients_ok": len(replies) - len(self.last_round_failures),
                     "clients_failed": len(self.last_round_failures) + missing,
+                    "failures": self.last_round_failures + unavailable,
                     "local_update_seconds_sum": float(metrics["local-update-seconds-sum"]),
                     "local_update_seconds_max": float(metrics["local-update-seconds-max"]),
                     "round_seconds": round(time.monotonic() - started, 3),
@@ -252,3 +297,85 @@ class SFDDStrategy(FedAvg):
                 },
             )
         return images
+
+    # ----- federated evaluation -----
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One evaluate message per connected node: every node tests S on its held-out data."""
+        config[SERVER_ROUND_KEY] = server_round
+        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(content=content, dst_node_id=node_id, message_type=MessageType.EVALUATE)
+            for node_id in sorted(grid.get_node_ids())
+        ]
+
+    def evaluation_reply_problem(self, reply: Message) -> str | None:
+        """Why an evaluation reply cannot be combined, or None if it can."""
+        if reply.has_error():
+            return f"client error: {reply.error.reason}"
+        if METRICS_KEY not in reply.content.metric_records:
+            return f"missing MetricRecord {METRICS_KEY!r}"
+        metrics = reply.content.metric_records[METRICS_KEY]
+        return evaluation_problem(
+            metrics.get(ACCURACIES_KEY), metrics.get(NUM_EXAMPLES_KEY), self.settings.num_eval
+        )
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Test-size-weighted accuracy of each model over the nodes that answered.
+
+        The full result (per-node figures, failures) is kept in `last_evaluation`.
+        """
+        nodes, failures = [], []
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            problem = self.evaluation_reply_problem(reply)
+            if problem is not None:
+                failures.append(f"node {node_id}: {problem}")
+                log(WARNING, "round %d: rejected the evaluation of node %d: %s", server_round, node_id, problem)
+                continue
+            metrics = reply.content.metric_records[METRICS_KEY]
+            info = reply.content.config_records.get(NODE_KEY)
+            name = str(info["name"]) if info is not None and "name" in info else f"node {node_id}"
+            nodes.append(
+                NodeEvaluation(
+                    node=name if name == f"node {node_id}" else f"{name} (node {node_id})",
+                    num_examples=int(metrics[NUM_EXAMPLES_KEY]),
+                    accuracies=tuple(float(a) for a in metrics[ACCURACIES_KEY]),
+                    seconds=float(metrics.get("eval-seconds", 0.0)),
+                )
+            )
+        self.last_evaluation = combine_node_evaluations(sorted(nodes, key=lambda n: n.node), failures)
+        if not nodes:
+            return None
+        result = self.last_evaluation
+        return MetricRecord(
+            {
+                NUM_EXAMPLES_KEY: result.num_examples,
+                ACCURACIES_KEY: result.accuracies,
+                "accuracy-mean": result.mean,
+                "accuracy-std": result.std,
+            }
+        )
+
+    def evaluate_federated(self, grid: Grid, server_round: int, images: torch.Tensor) -> FederatedEvalResult:
+        """Send S to every connected node, wait up to `eval-timeout`, combine the answers."""
+        started = time.monotonic()
+        messages = list(
+            self.configure_evaluate(server_round, images_record(images), ConfigRecord(self.settings.to_record()), grid)
+        )
+        replies = list(grid.send_and_receive(messages, timeout=self.settings.eval_timeout)) if messages else []
+        replies, silent = replies_from_nodes(messages, replies, f"eval-timeout={self.settings.eval_timeout:g} s")
+        self.aggregate_evaluate(server_round, replies)
+        if not messages:
+            silent.append("no node is connected")
+        for line in silent:
+            log(WARNING, "round %d: federated evaluation: %s", server_round, line)
+        result = self.last_evaluation
+        result.failures.extend(silent)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def federated_evaluator(self, grid: Grid) -> FederatedEvaluator:
+        """`RunRecorder`'s hook: evaluate S on the nodes' held-out data."""
+        return lambda server_round, images: self.evaluate_federated(grid, server_round, images)

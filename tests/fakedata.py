@@ -120,3 +120,19 @@ def write_gtsrb(root: Path, num_classes: int = 43, per_class: int = 2, seed: int
             Image.fromarray(image).save(folder / name)
             writer.writerow([name, 40, 40, 0, 0, 39, 39, int(label)])
     return Path(root)
+
+
+def write_imagefolder(root: Path, class_names=("a", "b", "c"), per_class: int = 6, size: int = 28,
+                      channels: int = 1, split: bool = True, test_per_class: int = 2, seed: int = 0) -> Path:
+    """PNG files in `root/{train,test}/<class>/` (or `root/<class>/` with split=False)."""
+    from PIL import Image
+
+    for part, count, offset in (("train", per_class, 0), ("test", test_per_class, 1)):
+        if not split and part == "test":
+            break
+        images, labels = class_pattern_images(len(class_names), count, size, channels, seed + offset)
+        for index, (image, label) in enumerate(zip(images, labels)):
+            folder = Path(root) / part / class_names[label] if split else Path(root) / class_names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0] if channels == 1 else image).save(folder / f"{index:03d}.png")
+    return Path(root)

@@ -15,7 +15,7 @@ def delivered(message: Message, node_id: int) -> Message:
     meta = message.metadata
     metadata = Metadata(
         run_id=meta.run_id,
-        message_id=f"m{next(_message_ids)}",
+        message_id=meta.message_id or f"m{next(_message_ids)}",
         src_node_id=meta.src_node_id,
         dst_node_id=node_id,
         reply_to_message_id="",
@@ -59,6 +59,7 @@ class InProcessGrid:
     def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> Iterable[Message]:
         replies = []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's grid does
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             reply = self.handlers[node_id](delivered(message, node_id), self.contexts[node_id])

@@ -56,9 +56,10 @@ def test_built_in_behaviours_and_bad_names():
     with pytest.raises(ConfigError, match="malicious-behaviour='evil'"):
         settings(**{"malicious-behaviour": "evil"})
     with pytest.raises(ConfigError, match="doorping-target=10"):
-        settings(**{"doorping-target": 10})
+        settings(**{"doorping-target": 10, "malicious-clients": "0"})
     with pytest.raises(ConfigError, match="ldpo-k=10"):
-        settings(**{"ldpo-k": 10})
+        settings(**{"ldpo-k": 10, "defence": "ldpo-rld"})
+    assert settings(**{"ldpo-k": 10}).ldpo_k == 10  # only checked when LDPO-RLD is on
 
 
 def test_a_behaviour_outside_the_package_is_loaded_by_path(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from sfdd_flwr import node_data
 from sfdd_flwr.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.centralized import main, parse_run_config
 from sfdd_flwr.config import ConfigError
@@ -59,3 +60,21 @@ def test_synthetic_set_files_hold_images_labels_and_metadata(tmp_path):
     saved = load_synthetic_set(tmp_path / "synthetic_set.pt")
     assert torch.equal(saved.images, images) and saved.labels.tolist() == [0, 1, 2, 3] and saved.round == 3
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_centralized_baseline_runs_on_an_imagefolder_task(tmp_path, capsys):
+    from fakedata import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "data", per_class=4, test_per_class=2)
+    config = (
+        f"preset='smoke' dataset='imagefolder' class-names='a,b,c' channels=1 image-size='28x28' "
+        f"norm-mean='0.5' norm-std='0.25' data-dir='{root}' output-dir='{tmp_path / 'out'}' run-name='c' "
+        "num-server-rounds=1"
+    )
+    assert main(["--run-config", config]) == 0
+    summary = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())
+    assert summary["dataset"] == "imagefolder" and summary["final_accuracy_mean"] is not None
+    next((root / "test" / "c").iterdir()).write_bytes(b"broken")
+    node_data.load_imagefolder_split.cache_clear()
+    assert main(["--run-config", config + " run-name='d'"]) == 2
+    assert "cannot read" in capsys.readouterr().err

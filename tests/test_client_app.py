@@ -5,9 +5,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
+from fakedata import write_imagefolder
 from flower_helpers import delivered
-from sfdd_flwr import client_app, data
+from sfdd_flwr import client_app, data, node_data
 from sfdd_flwr.config import Settings
+from sfdd_flwr.evaluate import evaluate_synthetic_set
+from sfdd_flwr.strategy import NODE_DATA_ERROR_CODE
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -84,15 +87,65 @@ def test_data_is_loaded_once_per_process_across_rounds(tiny_mnist_dir, monkeypat
     assert len(calls) == 1
 
 
-def test_node_without_partition_fails_with_a_clear_message(tiny_mnist_dir):
-    """Flower's runtime turns the exception into an error reply carrying this text."""
-    with pytest.raises(ValueError, match="partition-id.*--node-config"):
-        client_app.app(train_message(settings_for(tiny_mnist_dir), np.zeros(SHAPE, np.float32)), context({}))
+def test_node_without_partition_answers_with_an_error_naming_the_node(tiny_mnist_dir):
+    """An explicit error reply: the server logs this one line and goes on with the others."""
+    reply = client_app.app(train_message(settings_for(tiny_mnist_dir), np.zeros(SHAPE, np.float32)), context({}))
+    assert reply.has_error() and reply.error.code == NODE_DATA_ERROR_CODE
+    assert reply.error.reason.startswith("node 5: node config lacks partition-id, num-partitions")
+    assert "--node-config" in reply.error.reason
 
 
 def test_node_config_data_dir_overrides_the_run_setting(tiny_mnist_dir, tmp_path):
     settings = settings_for(tmp_path / "nowhere")
-    request = client_app.partition_request(
-        settings, {"partition-id": 0, "num-partitions": 2, "data-dir": str(tiny_mnist_dir)}
+    request = client_app.node_data_request(
+        settings, context({"partition-id": 0, "num-partitions": 2, "data-dir": str(tiny_mnist_dir)})
     )
-    assert request.data_dir == str(tiny_mnist_dir)
+    assert request.source.data_dir == str(tiny_mnist_dir)
+
+
+def test_a_resume_path_that_exists_only_on_the_server_is_not_checked_on_the_node(tiny_mnist_dir, tmp_path):
+    run_dir = tmp_path / "server-run"
+    run_dir.mkdir()
+    (run_dir / "synthetic_set.pt").write_bytes(b"")
+    settings = settings_for(tiny_mnist_dir, **{"resume-from": str(run_dir)})
+    (run_dir / "synthetic_set.pt").unlink()
+    reply = client_app.app(train_message(settings, np.zeros(SHAPE, np.float32)), context({"partition-id": 0, "num-partitions": 2}))
+    assert not reply.has_error(), reply.error
+
+
+def evaluate_message(settings: Settings, images: np.ndarray, server_round: int = 3, node_id: int = 5) -> Message:
+    content = RecordDict(
+        {
+            "synthetic-set": ArrayRecord({"images": Array(images)}),
+            "config": ConfigRecord(settings.to_record() | {"server-round": server_round}),
+        }
+    )
+    return delivered(Message(content=content, dst_node_id=node_id, message_type=MessageType.EVALUATE), node_id)
+
+
+def test_evaluate_trains_the_servers_networks_and_tests_them_on_the_nodes_share(tiny_mnist_dir):
+    settings = settings_for(tiny_mnist_dir, **{"num-eval": 2, "eval-epochs": 3})
+    images = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
+    ctx = context({"partition-id": 1, "num-partitions": 2, "node-name": "hospital-b"})
+    reply = client_app.app(evaluate_message(settings, images), ctx)
+    assert not reply.has_error(), reply.error
+    metrics = reply.content["metrics"]
+    share = node_data.load_node_split(client_app.node_data_request(settings, ctx), train=False)
+    assert metrics["num-examples"] == len(share) == 50
+    expected = evaluate_synthetic_set(
+        torch.from_numpy(images), torch.arange(10), share, settings.network_spec, settings.eval_params,
+        settings.seed, 3,
+    )
+    assert metrics["accuracies"] == pytest.approx(expected.accuracies)
+    assert reply.content["node"]["name"] == "hospital-b"
+
+
+def test_evaluate_on_a_node_whose_data_does_not_fit_answers_with_an_error(tmp_path):
+    write_imagefolder(tmp_path / "h", class_names=("a", "b"), size=32)
+    settings = settings_for(tmp_path, **{"dataset": "imagefolder", "class-names": "a,b", "channels": 1,
+                                         "image-size": "28x28", "norm-mean": "0.5", "norm-std": "0.25"})
+    ctx = context({"data-dir": str(tmp_path / "h"), "node-name": "hospital-c"})
+    reply = client_app.app(evaluate_message(settings, np.zeros((2, 1, 28, 28), np.float32)), ctx)
+    assert reply.has_error() and reply.error.code == NODE_DATA_ERROR_CODE
+    assert reply.error.reason.startswith("hospital-c: 4 of 4 images under")
+    assert "is 32x32 pixels, the task declares image-size=28x28" in reply.error.reason

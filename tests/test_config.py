@@ -70,6 +70,15 @@ def _one_line_error(values: dict, overrides: dict | None = None, conf_dir: Path 
         ("output-dir", "relative/out", "absolute"),
         ("resume-from", "/nonexistent/run", "synthetic_set.pt"),
         ("device", "tpu", "one of auto, cpu, cuda"),
+        ("eval-mode", "clients", "one of server, federated, both"),
+        ("eval-timeout", 0.0, "> 0"),
+        ("class-names", "only-one", "at least two"),
+        ("class-names", "a,a", "distinct"),
+        ("class-names", "a,../b", "folder names"),
+        ("channels", 2, "0 (the named dataset's), 1 or 3"),
+        ("image-size", "28y", "HEIGHTxWIDTH"),
+        ("norm-mean", "0.5,x", "one number per channel"),
+        ("norm-std", "0.5,-1", "> 0"),
     ],
 )
 def test_invalid_values_name_key_value_and_what_is_allowed(key, value, fragment):
@@ -128,3 +137,39 @@ def test_settings_round_trip_through_a_record():
     settings = Settings.from_mapping({"ipc": 10, "seed": 4, "lr-img": 1})
     assert Settings.from_mapping(settings.to_record()) == settings
     assert isinstance(settings.lr_img, float)
+
+
+IMAGEFOLDER_TASK = {"dataset": "imagefolder", "class-names": "normal, pneumonia", "channels": 3,
+                    "image-size": "64x48", "norm-mean": "0.5,0.4,0.3", "norm-std": "0.2,0.2,0.25"}
+
+
+def test_an_imagefolder_task_is_declared_in_the_run_config():
+    settings = resolve_settings({"preset": ""} | IMAGEFOLDER_TASK)
+    spec = settings.dataset_spec
+    assert settings.class_name_list == ("normal", "pneumonia")
+    assert (spec.num_classes, spec.channels, spec.image_size) == (2, 3, (64, 48))
+    assert spec.mean == (0.5, 0.4, 0.3) and spec.std == (0.2, 0.2, 0.25)
+    assert settings.network_spec.image_size == (64, 48)
+    assert resolve_settings({"preset": ""} | IMAGEFOLDER_TASK | {"image-size": "32"}).dataset_spec.image_size == (32, 32)
+
+
+@pytest.mark.parametrize("missing", ["class-names", "channels", "image-size", "norm-mean", "norm-std"])
+def test_an_imagefolder_task_must_declare_everything(missing):
+    values = dict(IMAGEFOLDER_TASK)
+    values[missing] = Settings().to_record()[missing]
+    message = _one_line_error(values)
+    assert message.startswith(f"{missing}=") and "must be set when dataset='imagefolder'" in message
+
+
+def test_normalisation_needs_one_value_per_channel_and_named_datasets_bring_their_own_task():
+    assert "one number per channel (channels=3)" in _one_line_error(IMAGEFOLDER_TASK | {"norm-std": "0.2"})
+    message = _one_line_error({"channels": 3})
+    assert message.startswith("channels=3 is not allowed: must be left unset unless dataset='imagefolder'")
+
+
+def test_evaluation_mode_picks_where_s_is_evaluated():
+    both = Settings.from_mapping({"eval-mode": "both"})
+    assert both.evaluates_on_server and both.evaluates_federated
+    federated = Settings.from_mapping({"eval-mode": "federated"})
+    assert federated.evaluates_federated and not federated.evaluates_on_server
+    assert not Settings.from_mapping({"eval-mode": "both", "num-eval": 0}).evaluates_federated

@@ -179,3 +179,106 @@ def test_resume_continues_at_the_next_round_and_matches_an_uninterrupted_run(tin
     assert [m["round"] for m in recorder.run_dir.read_metrics()] == [1, 2, 3]
     assert torch.allclose(resumed, uninterrupted, atol=1e-6)
     assert any("resuming" in line for line in lines)
+
+
+# ----- resilience: nodes that vanish -----
+def test_a_silent_node_is_named_and_the_round_aggregates_the_others(tiny_mnist_dir, tmp_path, flwr_log):
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1, "num-eval": 0})
+    silent = lambda message, context: None
+    _, recorder, _, _ = run_clients(settings, tmp_path, {101: client_app.app, 102: client_app.app, 103: silent})
+    metrics = recorder.run_dir.read_metrics()[0]
+    assert (metrics["clients_ok"], metrics["clients_failed"]) == (2, 1)
+    assert metrics["failures"] == ["node 103: no reply within round-timeout=3600 s"]
+    assert any("round 1: node 103: no reply" in record.getMessage() for record in flwr_log)
+
+
+def test_a_superlink_reply_for_an_unavailable_node_names_that_node(tiny_mnist_dir, tmp_path):
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1, "num-eval": 0})
+    gone = lambda message, context: create_message_error_unavailable_res_message(message.metadata, "node_unavail")
+    _, recorder, _, _ = run_clients(settings, tmp_path, {101: client_app.app, 102: client_app.app, 103: gone})
+    metrics = recorder.run_dir.read_metrics()[0]
+    assert (metrics["clients_ok"], metrics["clients_failed"]) == (2, 1)
+    assert len(metrics["failures"]) == 1 and metrics["failures"][0].startswith("node 103: Error: Node Unavailable")
+
+
+# ----- federated evaluation -----
+def evaluation_reply(node_id: int, num_examples, accuracies, name: str | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": num_examples, "accuracies": accuracies})})
+    if name:
+        content["node"] = ConfigRecord({"name": name})
+    return Message(content, reply_to=instruction(node_id))
+
+
+def test_federated_accuracy_is_each_models_test_size_weighted_mean(tmp_path, flwr_log):
+    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path, **{"num-eval": 2}), report=lambda text: None)
+    replies = [
+        evaluation_reply(1, 100, [0.5, 0.7], "hospital-a"),
+        evaluation_reply(2, 300, [0.9, 0.1]),
+        evaluation_reply(3, 50, [0.9]),
+        error_reply(instruction(4), "hospital-d: class folder missing"),
+    ]
+    metrics = strategy.aggregate_evaluate(5, replies)
+    assert metrics["accuracies"] == pytest.approx([0.8, 0.25])
+    assert metrics["num-examples"] == 400 and metrics["accuracy-mean"] == pytest.approx(0.525)
+    result = strategy.last_evaluation
+    assert [node.node for node in result.nodes] == ["hospital-a (node 1)", "node 2"]
+    assert result.failures[0].startswith("node 3: accuracies is [0.9], expected 2 numbers")
+    assert result.failures[1] == "node 4: client error: hospital-d: class folder missing"
+    messages = [record.getMessage() for record in flwr_log]
+    assert any("round 5" in m and "node 4" in m and "hospital-d: class folder missing" in m for m in messages)
+
+
+def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(tiny_mnist_dir, tmp_path):
+    """Nodes train the server's networks (same seeds) and hold disjoint shares of the
+    test split, so the size-weighted federated accuracy equals the server's."""
+    from sfdd_flwr.data import load_split
+    from sfdd_flwr.recorder import server_evaluator
+
+    settings = tiny_settings(
+        tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5, "num-server-rounds": 1}
+    )
+    grid = InProcessGrid(
+        {101: client_app.app, 102: client_app.app, 103: lambda message, context: None},
+        {101: {"partition-id": 0, "num-partitions": 2, "node-name": "hospital-a"},
+         102: {"partition-id": 1, "num-partitions": 2}},
+    )
+    lines = []
+    strategy = SFDDStrategy(settings, report=lines.append)
+    test_set = load_split("mnist", str(tiny_mnist_dir), train=False)
+    recorder = RunRecorder(
+        settings, "sfdd", server_evaluator(settings, test_set, torch.device("cpu"), lines.append), lines.append,
+        federated_evaluator=strategy.federated_evaluator(grid),
+    )
+    strategy.distill(grid, recorder)
+    summary = recorder.finish()
+    metrics = recorder.run_dir.read_metrics()
+    for record in metrics:
+        assert record["federated_accuracies"] == pytest.approx(record["accuracies"], abs=1e-12)
+        assert record["federated_test_examples"] == 100
+        assert [n["node"] for n in record["federated_nodes"]] == ["hospital-a (node 101)", "node 102"]
+        assert record["federated_failures"] == ["node 103: no reply within eval-timeout=3600 s"]
+    assert summary["final_federated_accuracy_mean"] == pytest.approx(summary["final_accuracy_mean"])
+    assert any(line.startswith("round 1: federated accuracy") and "100 held-out images of 2/3 nodes" in line for line in lines)
+    assert any("final federated accuracy" in line for line in lines if line.startswith("SUMMARY"))
+    evaluate_messages = [m for m in grid.sent if m.metadata.message_type == MessageType.EVALUATE]
+    assert [m.content["config"]["server-round"] for m in evaluate_messages] == [1, 1, 1]
+
+
+def test_federated_only_evaluation_reports_when_no_node_answers(tiny_mnist_dir, tmp_path):
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"eval-mode": "federated", "num-server-rounds": 1})
+    grid = InProcessGrid({101: client_app.app, 102: client_app.app},
+                         {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}})
+    strategy = SFDDStrategy(settings, report=lambda text: None)
+    lines = []
+    recorder = RunRecorder(settings, "sfdd", None, lines.append, federated_evaluator=strategy.federated_evaluator(grid))
+    strategy.distill(grid, recorder)
+    assert recorder.run_dir.read_metrics()[0]["federated_accuracy_mean"] is not None
+
+    broken = InProcessGrid({101: lambda message, context: error_reply(message, "disk full")})
+    result = strategy.evaluate_federated(broken, 2, torch.zeros(SHAPE))
+    assert result.nodes == [] and result.failures == ["node 101: client error: disk full"]
+    record = recorder._federated_record(2, result, "")
+    assert record["federated_accuracy_mean"] is None
+    assert any("federated accuracy not available: no node answered (node 101: client error: disk full)" in line for line in lines)

@@ -28,8 +28,12 @@ from ..evaluate import evaluate_synthetic_set, mean_and_std
 from ..launch import LocalSuperLink
 
 
-def run_sfdd(args: argparse.Namespace, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
-    """One `flwr run` simulation; returns its summary (CTA, ASR) and run directory."""
+def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
+    """One `flwr run` simulation; returns its summary (CTA, ASR) and run directory.
+
+    A run that already has a summary is not run again (unless --rerun), so an interrupted
+    experiment continues where it stopped.
+    """
     runs = args.out / dataset / "runs"
     run_dir = runs / name
     if (run_dir / "summary.json").is_file() and not args.rerun:
@@ -40,8 +44,7 @@ def run_sfdd(args: argparse.Namespace, dataset: str, clients: int, name: str, ex
         f"inner-loop={args.inner_loop} min-clients={clients} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
         f"doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
     )
-    with LocalSuperLink(args.out / dataset / f"superlink-{name}") as link:
-        result = link.run(settings, num_supernodes=clients, timeout_seconds=48 * 3600)
+    result = link.run(settings, num_supernodes=clients, timeout_seconds=48 * 3600)
     (args.out / dataset / f"{name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed; see {args.out / dataset / f'{name}.log'}")
@@ -67,17 +70,17 @@ def clean_asr(args: argparse.Namespace, dataset: str, clean: dict, attacked: dic
     return mean_and_std(result.attack_success)[0]
 
 
-def run_dataset(args: argparse.Namespace, dataset: str) -> list[dict]:
+def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) -> list[dict]:
     rows = []
     malicious = (
         f"malicious-fraction={args.malicious_fraction}" if args.malicious_fraction else "malicious-clients='0'"
     )
     attack = f"{malicious} malicious-behaviour='{args.behaviour}'"
     for clients in args.clients:
-        clean = run_sfdd(args, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
+        clean = run_sfdd(args, link, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
         aggregators = ["fedavg"] + ([a for a in args.aggregators if a != "fedavg"] if clients == args.robust_clients else [])
         for aggregator in aggregators:
-            attacked = run_sfdd(args, dataset, clients, f"{args.behaviour}-n{clients}-{aggregator}", f"{attack} aggregator='{aggregator}'")
+            attacked = run_sfdd(args, link, dataset, clients, f"{args.behaviour}-n{clients}-{aggregator}", f"{attack} aggregator='{aggregator}'")
             row = {
                 "dataset": dataset, "clients": clients, "aggregator": aggregator,
                 "cta_clean_fedavg": clean["final_accuracy_mean"],
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [row for dataset in args.datasets for row in run_dataset(args, dataset)]
+    with LocalSuperLink(args.out / "superlink") as link:
+        rows = [row for dataset in args.datasets for row in run_dataset(args, link, dataset)]
     table = markdown(rows, args)
     (args.out / "backdoor_table.md").write_text(table)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -115,10 +115,12 @@ def mean_of(rows: list[dict], key: str = "mse_normalised") -> float:
     return statistics.mean(row[key] for row in rows)
 
 
-def sfdd_accuracy(settings_text: str, workdir: Path, name: str) -> dict:
+def sfdd_accuracy(link: LocalSuperLink, settings_text: str, workdir: Path, name: str) -> dict:
     """A real `flwr run` simulation with 5 clients; returns its summary."""
-    with LocalSuperLink(workdir / f"superlink-{name}") as link:
-        result = link.run(f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", num_supernodes=NUM_CLIENTS)
+    result = link.run(
+        f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", num_supernodes=NUM_CLIENTS,
+        timeout_seconds=48 * 3600,
+    )
     if result.returncode != 0:
         raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
     summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
@@ -177,11 +179,16 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
             f"net-activation='sigmoid' net-pooling='none' net-width={args.width}"
         )
         workdir = args.out / dataset
-        results["accuracy"] = {
-            "none": sfdd_accuracy(common, workdir, "none"),
-            "ldpo-rld": sfdd_accuracy(common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"),
-            "local-dp": sfdd_accuracy(common + f" defence='local-dp' local-dp-clip={clip} local-dp-noise={matched[0]}", workdir, "local-dp"),
-        }
+        with LocalSuperLink(workdir / "superlink") as link:
+            results["accuracy"] = {
+                "none": sfdd_accuracy(link, common, workdir, "none"),
+                "ldpo-rld": sfdd_accuracy(
+                    link, common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"
+                ),
+                "local-dp": sfdd_accuracy(
+                    link, common + f" defence='local-dp' local-dp-clip={clip} local-dp-noise={matched[0]}", workdir, "local-dp"
+                ),
+            }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
