@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,44 +27,62 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def continuation(run_dir: Path) -> str | None:
+    """None if the run finished; otherwise the settings that start or resume it.
+
+    A run cut off by a crash or timeout resumes from its last saved synthetic set
+    (an interrupted final evaluation is redone), so rerunning the benchmark with the
+    same --output-dir loses nothing.
+    """
+    if (run_dir / "summary.json").is_file():
+        return None
+    if (run_dir / "synthetic_set.pt").is_file():
+        return f" resume-from='{run_dir}'"
+    return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--run-config", default="", help="extra settings for both runs")
-    parser.add_argument("--output-dir", default=None, help="keep the runs here (default: temporary)")
+    parser.add_argument(
+        "--output-dir", default=None,
+        help="keep the runs here (default: temporary); finished runs found here are reused, cut-off runs resumed",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output_dir or tmp).resolve()
         for seed in args.seeds:
             common = f"preset='compare' data-dir='{args.data_dir}' output-dir='{out}' seed={seed} {args.run_config}"
-            started = time.monotonic()
-            subprocess.run(
-                [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
-                 f"{common} run-name='centralized-seed{seed}'"],
-                cwd=ROOT, check=True,
-            )
-            central_seconds = time.monotonic() - started
-            started = time.monotonic()
-            with LocalSuperLink(out / f"superlink-seed{seed}") as link:
-                result = link.run(f"{common} run-name='sfdd-seed{seed}' min-clients={args.clients}",
-                                  num_supernodes=args.clients)
-            if result.returncode != 0:
-                raise SystemExit(result.stdout + result.stderr)
-            sfdd_seconds = time.monotonic() - started
-            central, sfdd = summary(out / f"centralized-seed{seed}"), summary(out / f"sfdd-seed{seed}")
-            rows.append((seed, central, sfdd, central_seconds, sfdd_seconds))
+            central_dir, sfdd_dir = out / f"centralized-seed{seed}", out / f"sfdd-seed{seed}"
+            extra = continuation(central_dir)
+            if extra is not None:
+                subprocess.run(
+                    [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
+                     f"{common} run-name='centralized-seed{seed}'{extra}"],
+                    cwd=ROOT, check=True,
+                )
+            extra = continuation(sfdd_dir)
+            if extra is not None:
+                with LocalSuperLink(out / f"superlink-seed{seed}") as link:
+                    result = link.run(f"{common} run-name='sfdd-seed{seed}' min-clients={args.clients}{extra}",
+                                      num_supernodes=args.clients, timeout_seconds=12 * 3600)
+                if result.returncode != 0:
+                    raise SystemExit(result.stdout[-5000:] + result.stderr[-5000:])
+            central, sfdd = summary(central_dir), summary(sfdd_dir)
+            rows.append((seed, central, sfdd))
             print(json.dumps({"seed": seed, "centralized": central, "sfdd": sfdd}), flush=True)
 
-    print("| seed | centralized accuracy % | SFDD (5 clients) accuracy % | SFDD - centralized | wall s (central / SFDD) |")
+    print("| seed | centralized accuracy % | SFDD (5 clients) accuracy % | SFDD - centralized | rounds + evaluation s (central / SFDD) |")
     print("| --- | --- | --- | --- | --- |")
-    for seed, central, sfdd, central_seconds, sfdd_seconds in rows:
+    for seed, central, sfdd in rows:
         c, f = central["final_accuracy_mean"], sfdd["final_accuracy_mean"]
         print(f"| {seed} | {100 * c:.2f} ± {100 * central['final_accuracy_std']:.2f} | "
               f"{100 * f:.2f} ± {100 * sfdd['final_accuracy_std']:.2f} | {100 * (f - c):+.2f} | "
-              f"{central_seconds:.0f} / {sfdd_seconds:.0f} |")
+              f"{central['seconds']:.0f} / {sfdd['seconds']:.0f} |")
     if len(rows) > 1:
         gap = statistics.mean(r[2]["final_accuracy_mean"] - r[1]["final_accuracy_mean"] for r in rows)
         print(f"\nmean SFDD - centralized over {len(rows)} seeds: {100 * gap:+.2f} points")

@@ -164,8 +164,12 @@ class RunRecorder:
         self.run_dir.keep_metrics_up_to(saved.round)
         records = self.run_dir.read_metrics()
         if saved.round > 0 and not any(r.get("round") == saved.round for r in records):
-            self.run_dir.append_metrics(saved.metadata.get("round_metrics", {"round": saved.round}))
-            self.report(f"round {saved.round}: metrics restored from the checkpoint (its evaluation was cut off)")
+            restored = dict(saved.metadata.get("round_metrics") or {"round": saved.round})
+            self.report(f"round {saved.round}: metrics restored from the checkpoint (the run stopped before recording them)")
+            if self.should_evaluate(saved.round) and (self.evaluator or self.federated_evaluator):
+                self.report(f"round {saved.round}: its evaluation was cut off; evaluating the saved set now")
+                restored.update(self._evaluate(saved.round, saved.images))
+            self.run_dir.append_metrics(restored)
         evaluated = [r for r in self.run_dir.read_metrics() if "accuracy_mean" in r]
         if evaluated:
             self.last_evaluation = {

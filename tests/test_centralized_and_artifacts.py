@@ -78,3 +78,21 @@ def test_centralized_baseline_runs_on_an_imagefolder_task(tmp_path, capsys):
     node_data.load_imagefolder_split.cache_clear()
     assert main(["--run-config", config + " run-name='d'"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_resuming_a_run_cut_off_during_its_final_evaluation_evaluates_it(tiny_mnist_dir, tmp_path, capsys):
+    config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central'"
+    assert main(["--run-config", config]) == 0
+    run_dir = tmp_path / "central"
+    finished = json.loads((run_dir / "summary.json").read_text())
+    # Emulate a crash during the final evaluation: S of the last round is saved, its
+    # metrics line and the summary are not.
+    run_dir.joinpath("summary.json").unlink()
+    RunDirectory(run_dir).keep_metrics_up_to(finished["rounds"] - 1)
+    capsys.readouterr()
+    assert main(["--run-config", f"{config} resume-from='{run_dir}'"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation was cut off; evaluating the saved set now" in out
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["final_accuracy_mean"] == finished["final_accuracy_mean"]
+    assert [r["round"] for r in RunDirectory(run_dir).read_metrics()] == list(range(1, finished["rounds"] + 1))
