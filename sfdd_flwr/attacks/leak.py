@@ -28,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="for normalisation and pixel range")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--optimiser", choices=OPTIMISERS, default="lbfgs")
-    parser.add_argument("--iterations", type=int, default=5, help="optimiser steps per class (L-BFGS: x up to 20 evaluations)")
+    parser.add_argument("--iterations", type=int, default=10, help="optimiser steps per class (L-BFGS: x up to 20 evaluations)")
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--adaptive", action="store_true", help="also learn each class's soft label")
     parser.add_argument("--no-box", action="store_true", help="do not restrict dummies to the valid pixel range")
+    parser.add_argument("--tv-weight", type=float, default=0.0,
+                        help="weight of a total-variation image prior (0 = the plain DLG objective)")
     parser.add_argument("--classes", default="", help="attack only these classes, e.g. '0,3'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     observed, payload = load_observed_update(args.update)
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     box = None if args.no_box else pixel_box(args.dataset)
-    params = AttackParams(args.optimiser, args.iterations, args.lr, args.adaptive, box=box)
+    params = AttackParams(args.optimiser, args.iterations, args.lr, args.adaptive, box=box, tv_weight=args.tv_weight)
     result = reconstruct(observed, params, make_generator(args.seed, "leakage-attack"),
                          progress=lambda text: print(text, flush=True), classes=classes)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ class AttackParams:
     adaptive: bool = False
     max_evaluations_per_step: int = 20
     box: tuple[float, float] | None = None
+    tv_weight: float = 0.0
 
 
 @dataclass
@@ -93,6 +94,15 @@ def replayed_gradient(
         match_distance(grads_real, grads_synthetic, metric), [synthetic], create_graph=True
     )
     return gradient
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels: the image prior of
+    "Inverting Gradients" (Geiping et al. 2020), which suppresses the pixel noise the
+    update does not constrain."""
+    return (images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (
+        images[..., :, 1:] - images[..., :, :-1]
+    ).abs().mean()
 
 
 def reconstruct(
@@ -143,8 +153,12 @@ def reconstruct(
 
         def objective() -> torch.Tensor:
             target = torch.softmax(logits, dim=0) if logits is not None else None
-            replay = replayed_gradient(network, synthetic_class, to_image(latent), c, observed.metric, target)
-            return ((replay - wanted) ** 2).sum()
+            dummy = to_image(latent)
+            replay = replayed_gradient(network, synthetic_class, dummy, c, observed.metric, target)
+            mismatch = ((replay - wanted) ** 2).sum()
+            if params.tv_weight:
+                mismatch = mismatch + params.tv_weight * total_variation(dummy)
+            return mismatch
 
         if params.optimiser == "lbfgs":
             optimiser = torch.optim.LBFGS(

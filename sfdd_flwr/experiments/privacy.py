@@ -143,14 +143,22 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
     ldpo = {"defence": "ldpo-rld", "ldpo-alpha": args.ldpo_alpha, "ldpo-k": args.ldpo_k}
     results: dict[str, Any] = {"dataset": dataset, "rows": []}
 
+    def save() -> None:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
     def run(label: str, settings: Settings, params: AttackParams, chosen: list[int]) -> list[dict]:
+        print(f"{dataset}: attacking {len(chosen)} updates ({label})", flush=True)
         rows = attack_updates(settings, partitions, chosen, args.classes_per_update, params, out_dir, label)
         results["rows"].extend(rows)
+        save()  # partial results survive an interrupted experiment
         return rows
 
     plain = run("no-defence-b1", base, attack, scenarios)
     defended = run("ldpo-rld-b1", dataclasses.replace(base, **{k.replace("-", "_"): v for k, v in ldpo.items()}), attack, scenarios)
-    adaptive_rows = run("ldpo-rld-b1-adaptive", dataclasses.replace(base, **{k.replace("-", "_"): v for k, v in ldpo.items()}), adaptive, scenarios)
+    adaptive_rows = run(
+        "ldpo-rld-b1-adaptive", dataclasses.replace(base, **{k.replace("-", "_"): v for k, v in ldpo.items()}), adaptive,
+        scenarios[: args.adaptive_updates or None],
+    )
     results["mse"] = {"no-defence": mean_of(plain), "ldpo-rld": mean_of(defended), "ldpo-rld-adaptive": mean_of(adaptive_rows)}
     for batch in args.batch_sizes:
         if batch == 1:
@@ -176,7 +184,7 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
         common = (
             f"preset='quickstart' dataset='{dataset}' data-dir='{args.data_dir}' output-dir='{args.out / dataset / 'runs'}' "
             f"seed={args.seed} num-server-rounds={args.rounds} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
-            f"net-activation='sigmoid' net-pooling='none' net-width={args.width}"
+            f"net-activation='sigmoid' net-pooling='none' net-width={args.width} {args.run_config}"
         )
         workdir = args.out / dataset
         with LocalSuperLink(workdir / "superlink") as link:
@@ -253,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=128, help="ConvNet width of the security model (paper: 128)")
     parser.add_argument("--updates", type=int, default=10, help="attacked updates per condition")
     parser.add_argument("--extra-updates", type=int, default=3, help="updates for larger batches and LocalDP calibration")
+    parser.add_argument("--adaptive-updates", type=int, default=0, help="updates for the adaptive attacker (0 = --updates)")
     parser.add_argument("--classes-per-update", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--attack-iterations", type=int, default=5)
+    parser.add_argument("--attack-iterations", type=int, default=10)
     parser.add_argument("--no-box", action="store_true")
     parser.add_argument("--ldpo-alpha", type=float, default=Settings.ldpo_alpha)
     parser.add_argument("--ldpo-k", type=int, default=Settings.ldpo_k)
@@ -264,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-eval", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--run-config", default="", help="extra settings for the accuracy runs, e.g. \"batch-real=64\"")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
