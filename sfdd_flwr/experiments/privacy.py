@@ -52,7 +52,9 @@ def security_settings(dataset: str, data_dir: str, width: int, batch: int, seed:
     )
 
 
-def client_round(settings: Settings, data: LabelledImages, client: int, scenario: int) -> tuple[ObservedUpdate, torch.Tensor, dict]:
+def client_round(
+    settings: Settings, data: LabelledImages, client: int, scenario: int
+) -> tuple[ObservedUpdate, torch.Tensor | None, dict]:
     """A client's first-round update in scenario `scenario`, as the app computes it.
 
     Returns what the server observes, the real batches the client used (replayed from the
@@ -73,7 +75,9 @@ def client_round(settings: Settings, data: LabelledImages, client: int, scenario
     result = ClientBehaviour().local_update(job)
     pools = ClassPools(data, spec.num_classes)
     replay = job.generator("real-batches")
-    truth = torch.stack([pools.sample(c, settings.batch_real, replay) for c in range(spec.num_classes)])
+    samples = [pools.sample(c, settings.batch_real, replay) for c in range(spec.num_classes)]
+    # Classes with fewer images than the batch give shorter batches: no stacked truth then.
+    truth = torch.stack(samples) if len({sample.shape for sample in samples}) == 1 else None
     network = build_network(spec, job.network_seed())
     observed = ObservedUpdate(synthetic, result.update.images, network, settings.lr_img, settings.batch_real, settings.match_metric)
     return observed, truth, result.metrics
@@ -116,7 +120,11 @@ def mean_of(rows: list[dict], key: str = "mse_normalised") -> float:
 
 
 def sfdd_accuracy(link: LocalSuperLink, settings_text: str, workdir: Path, name: str) -> dict:
-    """A real `flwr run` simulation with 5 clients; returns its summary."""
+    """A real `flwr run` simulation with 5 clients; returns its summary (a finished run
+    found in `workdir` is reused, so an interrupted experiment continues)."""
+    summary_path = workdir / "runs" / name / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
     result = link.run(
         f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", num_supernodes=NUM_CLIENTS,
         timeout_seconds=48 * 3600,
@@ -181,10 +189,22 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
     results["local_dp_noise"] = matched[0]
 
     if not args.skip_accuracy:
+        network = ""
+        accuracy_base = Settings.from_mapping(
+            {"preset": "quickstart", "dataset": dataset, "data-dir": args.data_dir, "seed": args.seed, "persist-momentum": False}
+        )
+        if args.accuracy_model == "security":
+            network = f"net-activation='sigmoid' net-pooling='none' net-width={args.width}"
+            accuracy_base = base
+        # Equal noise multiplier (noise / clip) as the matched LocalDP of the security model,
+        # with the clip set from this model's own update norms.
+        accuracy_clip = statistics.median(row["update_norm"] for row in update_norms(accuracy_base, partitions, scenarios[:3]))
+        accuracy_noise = matched[0] / clip * accuracy_clip
+        results["accuracy_local_dp"] = {"clip": accuracy_clip, "noise": accuracy_noise, "model": args.accuracy_model}
         common = (
             f"preset='quickstart' dataset='{dataset}' data-dir='{args.data_dir}' output-dir='{args.out / dataset / 'runs'}' "
             f"seed={args.seed} num-server-rounds={args.rounds} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
-            f"net-activation='sigmoid' net-pooling='none' net-width={args.width} {args.run_config}"
+            f"{network} {args.run_config}"
         )
         workdir = args.out / dataset
         with LocalSuperLink(workdir / "superlink") as link:
@@ -194,7 +214,8 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
                     link, common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"
                 ),
                 "local-dp": sfdd_accuracy(
-                    link, common + f" defence='local-dp' local-dp-clip={clip} local-dp-noise={matched[0]}", workdir, "local-dp"
+                    link, common + f" defence='local-dp' local-dp-clip={accuracy_clip} local-dp-noise={accuracy_noise}",
+                    workdir, "local-dp",
                 ),
             }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -235,7 +256,10 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
             "",
             "### Tables 4 and 5: accuracy (%) with each defence, same rounds and seeds",
             "",
-            f"5 clients, IPC 1, security model, {args.rounds} rounds, {args.num_eval} evaluation models x {args.eval_epochs} epochs.",
+            f"5 clients, IPC 1, {'security model' if args.accuracy_model == 'security' else 'DC ConvNet (the app default)'}, "
+            f"quickstart preset with {args.rounds} rounds, {args.num_eval} evaluation models x {args.eval_epochs} epochs. "
+            "LocalDP: the noise multiplier (noise / clip) that matched LDPO-RLD's attack MSE on the security model, "
+            "with the clip set to the median norm of this model's undefended updates.",
             "",
             "| dataset | no defence | LDPO-RLD | change (Table 4) | LocalDP (equal attack MSE) | LDPO-RLD - LocalDP (Table 5) | LocalDP noise, clip, epsilon per round |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -247,7 +271,8 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
             lines.append(
                 f"| {result['dataset']} | {acc['none']:.2f} | {acc['ldpo-rld']:.2f} | {acc['ldpo-rld'] - acc['none']:+.2f} | "
                 f"{acc['local-dp']:.2f} | {acc['ldpo-rld'] - acc['local-dp']:+.2f} | "
-                f"{noise:g}, {result['local_dp_clip']:.3g}, {epsilon if epsilon is None else f'{epsilon:.3g}'} |"
+                f"{result['accuracy_local_dp']['noise']:.3g}, {result['accuracy_local_dp']['clip']:.3g}, "
+                f"{epsilon if epsilon is None else f'{epsilon:.3g}'} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-eval", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--accuracy-model", choices=["standard", "security"], default="standard",
+                        help="network of the accuracy runs: the app's DC ConvNet or the security model")
     parser.add_argument("--run-config", default="", help="extra settings for the accuracy runs, e.g. \"batch-real=64\"")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
