@@ -35,10 +35,11 @@ def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path)
         "--data-dir", str(tiny_mnist_dir), "--out", str(out), "--datasets", "mnist",
         "--width", "8", "--updates", "2", "--extra-updates", "1", "--classes-per-update", "1",
         "--batch-sizes", "1", "2", "--attack-iterations", "1", "--local-dp-noises", "0.01", "1.0",
-        "--rounds", "1", "--num-eval", "1", "--eval-epochs", "2",
+        "--rounds", "1", "--num-eval", "1", "--eval-epochs", "2", "--run-config", "net-width=8 batch-real=4",
     ])
     assert code == 0
     results = json.loads((out / "mnist" / "results.json").read_text())
+    assert results["accuracy_local_dp"]["model"] == "standard"
     assert set(results["mse"]) == {"no-defence", "ldpo-rld", "ldpo-rld-adaptive", "no-defence-b2"}
     assert set(results["accuracy"]) == {"none", "ldpo-rld", "local-dp"}
     conditions = {row["condition"] for row in results["rows"]}

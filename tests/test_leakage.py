@@ -1,5 +1,6 @@
 """The curious-server leakage attack on a tiny, exactly known single-step update."""
 
+import pytest
 import torch
 
 from sfdd_flwr.attacks.leakage import (
@@ -51,3 +52,15 @@ def test_the_adaptive_attack_returns_a_soft_label_per_attacked_class():
 def test_total_variation_is_zero_only_for_flat_images():
     assert float(total_variation(torch.full((1, 1, 5, 5), 0.3))) == 0.0
     assert float(total_variation(torch.eye(5).view(1, 1, 5, 5))) > 0.0
+
+
+def test_restarts_keep_the_start_with_the_lowest_replay_loss():
+    truth = torch.rand(3, 1, 1, 8, 8, generator=make_generator(2, "truth")) * 2 - 1
+    observed = observed_single_step(truth)
+    generator = make_generator(4, "attack")
+    single = [reconstruct(observed, AttackParams(iterations=1), generator, classes=[2]).final_loss[0] for _ in range(3)]
+    assert min(single) not in (single[0], single[-1])  # so neither "first" nor "last" passes
+    kept = reconstruct(
+        observed, AttackParams(iterations=1, restarts=2, restart_above=0.0), make_generator(4, "attack"), classes=[2]
+    )
+    assert kept.final_loss[0] == pytest.approx(min(single))

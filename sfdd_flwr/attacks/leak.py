@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-box", action="store_true", help="do not restrict dummies to the valid pixel range")
     parser.add_argument("--tv-weight", type=float, default=0.0,
                         help="weight of a total-variation image prior (0 = the plain DLG objective)")
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="extra random starts for a class whose relative replay loss stays above --restart-above")
+    parser.add_argument("--restart-above", type=float, default=0.01)
     parser.add_argument("--classes", default="", help="attack only these classes, e.g. '0,3'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -44,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     observed, payload = load_observed_update(args.update)
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     box = None if args.no_box else pixel_box(args.dataset)
-    params = AttackParams(args.optimiser, args.iterations, args.lr, args.adaptive, box=box, tv_weight=args.tv_weight)
+    params = AttackParams(
+        args.optimiser, args.iterations, args.lr, args.adaptive, box=box, tv_weight=args.tv_weight,
+        restarts=args.restarts, restart_above=args.restart_above,
+    )
     result = reconstruct(observed, params, make_generator(args.seed, "leakage-attack"),
                          progress=lambda text: print(text, flush=True), classes=classes)
     args.out.mkdir(parents=True, exist_ok=True)

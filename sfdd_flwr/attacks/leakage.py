@@ -55,6 +55,10 @@ class AttackParams:
     max_evaluations_per_step: int = 20
     box: tuple[float, float] | None = None
     tv_weight: float = 0.0
+    # Extra random starts per class while the relative replay loss (loss / ||observed||^2,
+    # which the attacker sees) stays above `restart_above`; the lowest-loss start is kept.
+    restarts: int = 0
+    restart_above: float = 0.01
 
 
 @dataclass
@@ -133,64 +137,26 @@ def reconstruct(
     images, labels, losses = [], [], []
     targets = list(range(num_classes)) if classes is None else list(classes)
     for position, c in enumerate(targets):
-        latent = torch.randn(
-            (observed.batch_per_class, *image_shape), generator=generator
-        ).to(device).requires_grad_(True)
-        if params.box is None:
-            to_image = lambda z: z  # noqa: E731
-        else:
-            low, high = params.box
-            to_image = lambda z: low + (high - low) * torch.sigmoid(z)  # noqa: E731
-        variables = [latent]
-        logits = None
-        if params.adaptive:
-            logits = torch.zeros(num_classes, device=device)
-            logits[c] = 2.0
-            logits.requires_grad_(True)
-            variables.append(logits)
         synthetic_class = before[c * ipc : (c + 1) * ipc]
         wanted = observed_gradient[c * ipc : (c + 1) * ipc]
-
-        def objective() -> torch.Tensor:
-            target = torch.softmax(logits, dim=0) if logits is not None else None
-            dummy = to_image(latent)
-            replay = replayed_gradient(network, synthetic_class, dummy, c, observed.metric, target)
-            mismatch = ((replay - wanted) ** 2).sum()
-            if params.tv_weight:
-                mismatch = mismatch + params.tv_weight * total_variation(dummy)
-            return mismatch
-
-        if params.optimiser == "lbfgs":
-            optimiser = torch.optim.LBFGS(
-                variables, lr=params.lr, max_iter=params.max_evaluations_per_step,
-                history_size=100, line_search_fn="strong_wolfe",
+        scale = max(float((wanted**2).sum()), 1e-12)
+        best: tuple[float, torch.Tensor, torch.Tensor | None] | None = None
+        for attempt in range(1 + params.restarts):
+            candidate = _attack_one_class(
+                network, synthetic_class, wanted, c, num_classes, observed, params, generator, image_shape, device
             )
-
-            def closure() -> torch.Tensor:
-                optimiser.zero_grad()
-                loss = objective()
-                loss.backward()
-                return loss
-
-            for _ in range(params.iterations):
-                optimiser.step(closure)
-        else:
-            optimiser = torch.optim.Adam(variables, lr=params.lr)
-            for _ in range(params.iterations):
-                optimiser.zero_grad()
-                objective().backward()
-                optimiser.step()
-        with torch.enable_grad():
-            final = float(objective().detach())
-        if not math.isfinite(final):
-            final = math.inf
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+            if best[0] / scale <= params.restart_above:
+                break
+        final, image, label = best
         losses.append(final)
-        images.append(to_image(latent).detach().cpu())
-        labels.append(torch.softmax(logits.detach(), 0).cpu() if logits is not None else None)
+        images.append(image)
+        labels.append(label)
         if progress is not None:
             progress(
-                f"class {c} ({position + 1}/{len(targets)}): replay loss {final:.3g} "
-                f"({time.monotonic() - started:.0f} s)"
+                f"class {c} ({position + 1}/{len(targets)}): replay loss {final:.3g} after "
+                f"{attempt + 1} start(s) ({time.monotonic() - started:.0f} s)"
             )
     return Reconstruction(
         images=torch.stack(images),
@@ -198,6 +164,70 @@ def reconstruct(
         final_loss=losses,
         seconds=time.monotonic() - started,
     )
+
+
+def _attack_one_class(
+    network: torch.nn.Module,
+    synthetic_class: torch.Tensor,
+    wanted: torch.Tensor,
+    c: int,
+    num_classes: int,
+    observed: ObservedUpdate,
+    params: AttackParams,
+    generator: torch.Generator,
+    image_shape: list[int],
+    device: torch.device,
+) -> tuple[float, torch.Tensor, torch.Tensor | None]:
+    """One random start for class c: (final replay loss, dummies, learnt soft label)."""
+    latent = torch.randn((observed.batch_per_class, *image_shape), generator=generator).to(device).requires_grad_(True)
+    if params.box is None:
+        to_image = lambda z: z  # noqa: E731
+    else:
+        low, high = params.box
+        to_image = lambda z: low + (high - low) * torch.sigmoid(z)  # noqa: E731
+    variables = [latent]
+    logits = None
+    if params.adaptive:
+        logits = torch.zeros(num_classes, device=device)
+        logits[c] = 2.0
+        logits.requires_grad_(True)
+        variables.append(logits)
+
+    def objective() -> torch.Tensor:
+        target = torch.softmax(logits, dim=0) if logits is not None else None
+        dummy = to_image(latent)
+        replay = replayed_gradient(network, synthetic_class, dummy, c, observed.metric, target)
+        mismatch = ((replay - wanted) ** 2).sum()
+        if params.tv_weight:
+            mismatch = mismatch + params.tv_weight * total_variation(dummy)
+        return mismatch
+
+    if params.optimiser == "lbfgs":
+        optimiser = torch.optim.LBFGS(
+            variables, lr=params.lr, max_iter=params.max_evaluations_per_step,
+            history_size=100, line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = objective()
+            loss.backward()
+            return loss
+
+        for _ in range(params.iterations):
+            optimiser.step(closure)
+    else:
+        optimiser = torch.optim.Adam(variables, lr=params.lr)
+        for _ in range(params.iterations):
+            optimiser.zero_grad()
+            objective().backward()
+            optimiser.step()
+    with torch.enable_grad():
+        final = float(objective().detach())
+    if not math.isfinite(final):
+        final = math.inf
+    label = torch.softmax(logits.detach(), 0).cpu() if logits is not None else None
+    return final, to_image(latent).detach().cpu(), label
 
 
 def save_observed_update(observed: ObservedUpdate, spec: NetworkSpec, path: Path,

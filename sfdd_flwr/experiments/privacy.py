@@ -30,6 +30,7 @@ import torch
 from ..attacks.leak import pixel_box
 from ..attacks.leakage import AttackParams, ObservedUpdate, reconstruct, save_comparison, save_observed_update, score
 from ..behaviours import ClientBehaviour, ClientJob
+from ..centralized import parse_run_config
 from ..config import Settings
 from ..data import ClassPools, LabelledImages, PartitionRequest, load_partition
 from ..distill import initial_synthetic_images
@@ -145,7 +146,9 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
         for client in range(NUM_CLIENTS)
     ]
     box = None if args.no_box else pixel_box(dataset)
-    attack = AttackParams("lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box)
+    attack = AttackParams(
+        "lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box, restarts=args.restarts, restart_above=args.restart_above
+    )
     adaptive = dataclasses.replace(attack, adaptive=True)
     scenarios = list(range(args.updates))
     ldpo = {"defence": "ldpo-rld", "ldpo-alpha": args.ldpo_alpha, "ldpo-k": args.ldpo_k}
@@ -190,12 +193,13 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
 
     if not args.skip_accuracy:
         network = ""
-        accuracy_base = Settings.from_mapping(
-            {"preset": "quickstart", "dataset": dataset, "data-dir": args.data_dir, "seed": args.seed, "persist-momentum": False}
-        )
         if args.accuracy_model == "security":
             network = f"net-activation='sigmoid' net-pooling='none' net-width={args.width}"
-            accuracy_base = base
+        accuracy_base = Settings.from_mapping(
+            {"preset": "quickstart", "dataset": dataset, "data-dir": args.data_dir, "seed": args.seed}
+            | parse_run_config(f"{network} {args.run_config}")
+            | {"persist-momentum": False}
+        )
         # Equal noise multiplier (noise / clip) as the matched LocalDP of the security model,
         # with the clip set from this model's own update norms.
         accuracy_clip = statistics.median(row["update_norm"] for row in update_norms(accuracy_base, partitions, scenarios[:3]))
@@ -237,7 +241,8 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
         "### Table 3: leakage-attack MSE (normalised space), 5 clients, security model",
         "",
         f"ConvNet without pooling, sigmoid, width {args.width}; IPC 1; {args.updates} attacked first-round updates, "
-        f"{args.classes_per_update} classes each; L-BFGS {args.attack_iterations} steps x up to 20 evaluations; "
+        f"{args.classes_per_update} classes each; L-BFGS {args.attack_iterations} steps x up to 20 evaluations, "
+        f"{args.restarts} extra random starts while the relative replay loss > {args.restart_above:g}; "
         f"LDPO-RLD alpha={args.ldpo_alpha}, k={args.ldpo_k}.",
         "",
         "| dataset | no defence (1 img/class) | LDPO-RLD, non-adaptive | ratio | LDPO-RLD, adaptive attacker | "
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--attack-iterations", type=int, default=10)
     parser.add_argument("--no-box", action="store_true")
+    parser.add_argument("--restarts", type=int, default=0, help="extra random starts per attacked class (see attacks.leak)")
+    parser.add_argument("--restart-above", type=float, default=0.01)
     parser.add_argument("--ldpo-alpha", type=float, default=Settings.ldpo_alpha)
     parser.add_argument("--ldpo-k", type=int, default=Settings.ldpo_k)
     parser.add_argument("--local-dp-noises", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
