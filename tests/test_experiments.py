@@ -40,6 +40,7 @@ def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path)
     assert code == 0
     results = json.loads((out / "mnist" / "results.json").read_text())
     assert results["accuracy_local_dp"]["model"] == "standard"
+    assert all(len(row["replay_loss"]) == 1 for row in results["rows"])
     assert set(results["mse"]) == {"no-defence", "ldpo-rld", "ldpo-rld-adaptive", "no-defence-b2"}
     assert set(results["accuracy"]) == {"none", "ldpo-rld", "local-dp"}
     conditions = {row["condition"] for row in results["rows"]}

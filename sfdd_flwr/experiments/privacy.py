@@ -105,6 +105,7 @@ def attack_updates(
         row = {
             "condition": label, "scenario": scenario, "client": client, "classes": classes,
             "mse_normalised": scores.mse_normalised, "mse_pixel": scores.mse_pixel, "psnr": scores.psnr,
+            "replay_loss": result.final_loss,
             "attack_seconds": round(time.monotonic() - started, 1), **metrics,
         }
         rows.append(row)
@@ -165,6 +166,10 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
         return rows
 
     plain = run("no-defence-b1", base, attack, scenarios)
+    if args.no_defence_only:
+        results["mse"] = {"no-defence": mean_of(plain)}
+        save()
+        return results
     defended = run("ldpo-rld-b1", dataclasses.replace(base, **{k.replace("-", "_"): v for k, v in ldpo.items()}), attack, scenarios)
     adaptive_rows = run(
         "ldpo-rld-b1-adaptive", dataclasses.replace(base, **{k.replace("-", "_"): v for k, v in ldpo.items()}), adaptive,
@@ -251,10 +256,15 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
     ]
     for result in all_results:
         mse = result["mse"]
-        extra = " | ".join(f"{mse[f'no-defence-b{b}']:.3f}" for b in args.batch_sizes if b != 1)
+
+        def cell(key: str) -> str:
+            return f"{mse[key]:.3f}" if key in mse else "not run"
+
+        extra = " | ".join(cell(f"no-defence-b{b}") for b in args.batch_sizes if b != 1)
+        ratio = f"{mse['ldpo-rld'] / mse['no-defence']:.1f}x" if "ldpo-rld" in mse else "not run"
         lines.append(
-            f"| {result['dataset']} | {mse['no-defence']:.3f} | {mse['ldpo-rld']:.3f} | "
-            f"{mse['ldpo-rld'] / mse['no-defence']:.1f}x | {mse['ldpo-rld-adaptive']:.3f} | {extra} |"
+            f"| {result['dataset']} | {cell('no-defence')} | {cell('ldpo-rld')} | {ratio} | "
+            f"{cell('ldpo-rld-adaptive')} | {extra} |"
         )
     if any("accuracy" in r for r in all_results):
         lines += [
@@ -305,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-eval", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--no-defence-only", action="store_true",
+                        help="only attack undefended 1-image updates (e.g. to try other attack settings)")
     parser.add_argument("--accuracy-model", choices=["standard", "security"], default="standard",
                         help="network of the accuracy runs: the app's DC ConvNet or the security model")
     parser.add_argument("--run-config", default="", help="extra settings for the accuracy runs, e.g. \"batch-real=64\"")
