@@ -134,7 +134,31 @@ def generate_credentials(directory: Path, node_names: list[str], hosts: tuple[st
     return Credentials(Path(directory))
 
 
-class LocalSuperLink:
+class ManagedProcess:
+    """A Flower process started by `start()` and stopped by PID with everything it spawned."""
+
+    process: subprocess.Popen | None = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_tree(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started at once (a crash, for resume tests)."""
+        if self.process is not None and self.process.poll() is None:
+            kill_process_tree(self.process)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class LocalSuperLink(ManagedProcess):
     """A SuperLink on free loopback ports with a private FLWR_HOME.
 
     `simulation=True` (default): the simulation runtime, plain HTTP. `simulation=False`:
@@ -238,21 +262,6 @@ class LocalSuperLink:
                     raise RuntimeError(f"SuperLink did not start; see {self.log_path}") from None
                 time.sleep(0.5)
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_tree(self.process)
-
-    def kill(self) -> None:
-        """SIGKILL the SuperLink and everything it started (a crash, for resume tests)."""
-        if self.process is not None and self.process.poll() is None:
-            kill_process_tree(self.process)
-
-    def __enter__(self) -> LocalSuperLink:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
     def run_command(self, run_config: str, num_supernodes: int | None = None,
                     num_cpus: float | None = None) -> list[str]:
         """`flwr run . <connection> --stream`; a simulation also gets its federation size."""
@@ -308,7 +317,7 @@ class LocalSuperLink:
         return {int(node["node-id"]): node["status"] for node in nodes}
 
 
-class LocalSuperNode:
+class LocalSuperNode(ManagedProcess):
     """A `flower-supernode` on loopback: its own FLWR_HOME, node config and log.
 
     It talks TLS to its SuperLink (verifying it with `root_certificates`, by default the
@@ -389,17 +398,3 @@ class LocalSuperNode:
         assert self.process is not None
         return self.process.wait(timeout=timeout_seconds)
 
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_tree(self.process)
-
-    def kill(self) -> None:
-        """SIGKILL the SuperNode and its ClientApp processes at once (a crash)."""
-        if self.process is not None and self.process.poll() is None:
-            kill_process_tree(self.process)
-
-    def __enter__(self) -> LocalSuperNode:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
