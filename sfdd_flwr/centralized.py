@@ -4,6 +4,9 @@
 
 Each round is one DC iteration on all training data; settings, seeds, evaluation and
 outputs are those of an SFDD run, so the two are compared on identical code (Table 2).
+With `central-networks=K` an iteration runs K independent updates from the same
+synthetic set (each with its own fresh network and real batches, all on the whole
+training set) and averages them: an SFDD round with K clients, minus the data split.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def parse_run_config(text: str) -> dict[str, Any]:
     return values
 
 
+def average_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """The plain mean: every replica sees the whole training set, so equal weights."""
+    return images[0] if len(images) == 1 else torch.stack(images).mean(dim=0)
+
+
 def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
     """Distill on the full training set for `num_server_rounds` iterations."""
     device = resolve_device(settings.device)
@@ -51,29 +59,37 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
         settings, "centralized", server_evaluator(settings, test_set, device, report), report
     )
     images = recorder.start()
-    velocity: torch.Tensor | None = None
+    replicas = settings.central_networks
+    velocities: list[torch.Tensor | None] = [None] * replicas
     for iteration in range(recorder.first_round, settings.num_server_rounds + 1):
-        update = local_distill_update(
-            images,
-            pools,
-            settings.network_spec,
-            settings.distill_params,
-            network_seed=derive_seed(settings.seed, "central", iteration, "network"),
-            generator=make_generator(settings.seed, "central", iteration, "real-batches"),
-            device=device,
-            velocity=velocity,
-            progress=lambda text, it=iteration: report(f"iteration {it}: {text}"),
-            progress_seconds=settings.progress_seconds,
-        )
-        images = update.images
-        velocity = update.velocity if settings.persist_momentum else None
+        updates = []
+        for replica in range(replicas):
+            # Replica 0 keeps the single-network seeds, so central-networks=1 is plain DC.
+            tag = ("central", iteration) if replica == 0 else ("central", iteration, "replica", replica)
+            updates.append(
+                local_distill_update(
+                    images,
+                    pools,
+                    settings.network_spec,
+                    settings.distill_params,
+                    network_seed=derive_seed(settings.seed, *tag, "network"),
+                    generator=make_generator(settings.seed, *tag, "real-batches"),
+                    device=device,
+                    velocity=velocities[replica],
+                    progress=lambda text, it=iteration: report(f"iteration {it}: {text}"),
+                    progress_seconds=settings.progress_seconds,
+                )
+            )
+        images = average_images([update.images for update in updates])
+        velocities = [update.velocity if settings.persist_momentum else None for update in updates]
+        seconds = sum(update.seconds for update in updates)
         recorder.end_round(
             iteration,
             images,
             {
-                "matching_loss": update.matching_loss,
-                "local_update_seconds_sum": round(update.seconds, 3),
-                "round_seconds": round(update.seconds, 3),
+                "matching_loss": sum(update.matching_loss for update in updates) / replicas,
+                "local_update_seconds_sum": round(seconds, 3),
+                "round_seconds": round(seconds, 3),
             },
         )
     return recorder.finish()

@@ -64,6 +64,7 @@ class Settings:
     batch_train: int = 256
     match_metric: str = "ours"
     persist_momentum: bool = True
+    central_networks: int = 1
     net_width: int = 128
     net_depth: int = 3
     net_activation: str = "relu"
@@ -302,6 +303,7 @@ _RULES: dict[str, _Rule] = {
     "outer_loop": _Rule(lambda v: v >= 0, "0 (DC table by IPC) or an integer >= 1"),
     "inner_loop": _Rule(lambda v: v >= 0, "0 (DC table by IPC) or an integer >= 1"),
     "batch_real": _at_least(1),
+    "central_networks": _at_least(1),
     "lr_img": _POSITIVE,
     "momentum_img": _Rule(lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "lr_net": _POSITIVE,

@@ -34,6 +34,37 @@ def test_centralized_baseline_runs_and_writes_the_same_artifacts(tiny_mnist_dir,
     assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
 
 
+def test_central_networks_averages_independent_updates_from_the_same_set(tiny_mnist_dir, tmp_path, monkeypatch):
+    """central-networks=K: K updates per iteration, distinct seeds, same start, plain mean."""
+    from sfdd_flwr import centralized
+    from sfdd_flwr.distill import LocalUpdate
+
+    calls = []
+
+    def fake_update(images, pools, spec, params, *, network_seed, generator, device, velocity, **_):
+        calls.append((images.clone(), network_seed, velocity))
+        shift = float(len(calls))
+        return LocalUpdate(images + shift, torch.full_like(images, shift), 1.0, 10, 0.0)
+
+    monkeypatch.setattr(centralized, "local_distill_update", fake_update)
+    config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' num-eval=0 num-server-rounds=2"
+    assert main(["--run-config", f"{config} run-name='one'"]) == 0
+    single_seeds = [seed for _, seed, _ in calls]
+    calls.clear()
+    assert main(["--run-config", f"{config} run-name='three' central-networks=3"]) == 0
+    assert len(calls) == 6
+    first_round, second_round = calls[:3], calls[3:]
+    assert all(torch.equal(images, first_round[0][0]) for images, _, _ in first_round)
+    assert len({seed for _, seed, _ in calls}) == 6
+    # Replica 0 keeps plain DC's seeds, so central-networks=1 is unchanged.
+    assert [first_round[0][1], second_round[0][1]] == single_seeds
+    # Round 1 returned start + 1, + 2, + 3: round 2 starts from their mean, start + 2.
+    assert torch.allclose(second_round[0][0], first_round[0][0] + 2.0)
+    # Each replica keeps its own momentum across iterations.
+    assert [float(velocity.flatten()[0]) for _, _, velocity in second_round] == [1.0, 2.0, 3.0]
+    assert load_synthetic_set(tmp_path / "three").round == 2
+
+
 def test_centralized_rejects_bad_settings_with_one_line(tiny_mnist_dir, capsys):
     assert main(["--run-config", "preset='smoke' ipc=0"]) == 2
     err = capsys.readouterr().err.strip()
