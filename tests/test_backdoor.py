@@ -104,6 +104,20 @@ def test_trigger_update_raises_the_selected_neuron_only_inside_the_patch():
     assert abs(result.final_activation - goal) < abs(result.initial_activation - goal)
 
 
+def test_the_trigger_moves_at_paper_width_where_activations_are_tiny():
+    """At width 128 the selected feature's activation on the trigger image can be a few
+    hundredths (0.037 for this network): the reference's absolute threshold (squared error
+    below 0.5) would be met before any step, so the trigger would never change."""
+    network = build_network(NetworkSpec(1, 10, (28, 28), width=128), seed=2)
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    result = update_trigger(network, trigger, MNIST, max_steps=300)
+    assert abs(result.initial_activation) < 0.05
+    assert result.steps > 1
+    assert not torch.equal(result.trigger.pattern, trigger.pattern)
+    goal = 10 * result.initial_activation
+    assert abs(result.final_activation - goal) < abs(result.initial_activation - goal)
+
+
 def _message(images, weight=100):
     from flwr.app import Metadata
 

@@ -113,7 +113,13 @@ def update_trigger(
 ) -> TriggerUpdate:
     """Doorping's trigger step: drive the selected neuron's activation on the trigger image
     to `amplification` x its initial value (Adam on the patch only, early stop when the
-    squared error falls below `stop_loss`), keeping pixels in the valid range."""
+    squared error falls below `stop_loss`), keeping pixels in the valid range.
+
+    The error is measured in units of the initial activation. The reference's threshold
+    (0.5) is absolute, calibrated for the activations of order 1 of its hidden dense layer;
+    the DC ConvNet's penultimate features (after ReLU and pooling) on a black image with a
+    small patch are often a few hundredths, and an absolute 0.5 then ended the update
+    before its first step. A feature at exactly 0 has no "10x" to reach: nothing moves."""
     was_training = network.training
     network.eval()
     device = next(network.parameters()).device
@@ -125,11 +131,12 @@ def update_trigger(
     with torch.no_grad():
         initial = network.features(pattern)[0, neuron].detach()
     goal = amplification * initial
+    unit = initial.abs().clamp_min(1e-12)
     activation = initial
     steps = 0
     for steps in range(1, max_steps + 1):
         activation = network.features(pattern)[0, neuron]
-        loss = F.mse_loss(activation, goal)
+        loss = F.mse_loss(activation / unit, goal / unit)
         if float(loss.detach()) < stop_loss:
             break
         optimizer.zero_grad(set_to_none=True)
