@@ -64,3 +64,19 @@ def test_restarts_keep_the_start_with_the_lowest_replay_loss():
         observed, AttackParams(iterations=1, restarts=2, restart_above=0.0), make_generator(4, "attack"), classes=[2]
     )
     assert kept.final_loss[0] == pytest.approx(min(single))
+
+
+def test_a_start_stops_early_once_its_relative_replay_loss_is_below_stop_below():
+    truth = torch.rand(3, 1, 1, 8, 8, generator=make_generator(2, "truth")) * 2 - 1
+    observed = observed_single_step(truth)
+
+    def attack(**values):
+        return reconstruct(observed, AttackParams(box=(-1.0, 1.0), **values), make_generator(3, "attack"), classes=[1])
+
+    one_step = attack(iterations=1)
+    full = attack(iterations=5)
+    # Any loss is below 1e30: every start ends after its first step.
+    assert torch.equal(attack(iterations=5, stop_below=1e30).images, one_step.images)
+    assert not torch.equal(full.images, one_step.images)
+    # A threshold that is never reached changes nothing.
+    assert torch.equal(attack(iterations=5, stop_below=1e-30).images, full.images)

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=0,
                         help="extra random starts for a class whose relative replay loss stays above --restart-above")
     parser.add_argument("--restart-above", type=float, default=0.01)
+    parser.add_argument("--stop-below", type=float, default=0.0,
+                        help="end a start early once its relative replay loss is below this (0 = run all iterations)")
     parser.add_argument("--classes", default="", help="attack only these classes, e.g. '0,3'")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     box = None if args.no_box else pixel_box(args.dataset)
     params = AttackParams(
         args.optimiser, args.iterations, args.lr, args.adaptive, box=box, tv_weight=args.tv_weight,
-        restarts=args.restarts, restart_above=args.restart_above,
+        restarts=args.restarts, restart_above=args.restart_above, stop_below=args.stop_below,
     )
     result = reconstruct(observed, params, make_generator(args.seed, "leakage-attack"),
                          progress=lambda text: print(text, flush=True), classes=classes)

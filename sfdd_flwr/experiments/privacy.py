@@ -148,7 +148,8 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
     ]
     box = None if args.no_box else pixel_box(dataset)
     attack = AttackParams(
-        "lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box, restarts=args.restarts, restart_above=args.restart_above
+        "lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box, restarts=args.restarts, restart_above=args.restart_above,
+        stop_below=args.stop_below,
     )
     adaptive = dataclasses.replace(attack, adaptive=True)
     scenarios = list(range(args.updates))
@@ -247,6 +248,7 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
         "",
         f"ConvNet without pooling, sigmoid, width {args.width}; IPC 1; {args.updates} attacked first-round updates, "
         f"{args.classes_per_update} classes each; L-BFGS {args.attack_iterations} steps x up to 20 evaluations, "
+        f"early stop below a relative replay loss of {args.stop_below:g}; "
         f"{args.restarts} extra random starts while the relative replay loss > {args.restart_above:g}; "
         f"LDPO-RLD alpha={args.ldpo_alpha}, k={args.ldpo_k}.",
         "",
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-box", action="store_true")
     parser.add_argument("--restarts", type=int, default=0, help="extra random starts per attacked class (see attacks.leak)")
     parser.add_argument("--restart-above", type=float, default=0.01)
+    parser.add_argument("--stop-below", type=float, default=0.0,
+                        help="end an attack start early once its relative replay loss is below this (0 = never)")
     parser.add_argument("--ldpo-alpha", type=float, default=Settings.ldpo_alpha)
     parser.add_argument("--ldpo-k", type=int, default=Settings.ldpo_k)
     parser.add_argument("--local-dp-noises", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
