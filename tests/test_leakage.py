@@ -29,11 +29,14 @@ def observed_single_step(truth: torch.Tensor, lr: float = 0.1) -> ObservedUpdate
 
 
 def test_the_attack_recovers_a_known_batch_from_an_exact_single_step_update():
-    """Pixels in a known range (the box), as real images are: without the box this tiny
-    update is matched exactly (replay loss ~1e-9) by images far from the truth."""
+    """Pixels in a known range (the box), as real images are: without the box, or with it
+    applied only to the result ('clip'), this tiny underdetermined update is matched
+    exactly (replay loss ~1e-9) by images far from the truth; 'sigmoid' keeps every
+    iterate in the box."""
     truth = torch.rand(3, 1, 1, 8, 8, generator=make_generator(2, "truth")) * 2 - 1
     observed = observed_single_step(truth)
-    result = reconstruct(observed, AttackParams(iterations=10, box=(-1.0, 1.0)), make_generator(3, "attack"))
+    params = AttackParams(iterations=10, box=(-1.0, 1.0), box_mode="sigmoid")
+    result = reconstruct(observed, params, make_generator(3, "attack"))
     mse = score(result.images, truth, DATASETS["mnist"]).mse_normalised
     start = torch.randn(truth.shape, generator=make_generator(3, "attack"))
     assert mse < 0.01 * float(((start - truth) ** 2).mean()), mse
@@ -80,3 +83,13 @@ def test_a_start_stops_early_once_its_relative_replay_loss_is_below_stop_below()
     assert not torch.equal(full.images, one_step.images)
     # A threshold that is never reached changes nothing.
     assert torch.equal(attack(iterations=5, stop_below=1e-30).images, full.images)
+
+
+def test_clip_mode_returns_images_inside_the_box_and_bad_modes_are_refused():
+    truth = torch.rand(3, 1, 1, 8, 8, generator=make_generator(2, "truth")) * 2 - 1
+    observed = observed_single_step(truth)
+    result = reconstruct(observed, AttackParams(iterations=2, box=(-0.5, 0.5)), make_generator(3, "attack"))
+    assert result.images.min() >= -0.5 and result.images.max() <= 0.5
+    assert (result.images == 0.5).any() or (result.images == -0.5).any()
+    with pytest.raises(ValueError, match="box_mode"):
+        reconstruct(observed, AttackParams(box_mode="tanh"), make_generator(3, "attack"))

@@ -19,7 +19,7 @@ import torch
 
 from ..data import DATASETS
 from ..seeding import make_generator
-from .leakage import OPTIMISERS, AttackParams, load_observed_update, reconstruct, save_comparison, score
+from .leakage import BOX_MODES, OPTIMISERS, AttackParams, load_observed_update, reconstruct, save_comparison, score
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--adaptive", action="store_true", help="also learn each class's soft label")
     parser.add_argument("--no-box", action="store_true", help="do not restrict dummies to the valid pixel range")
+    parser.add_argument("--box-mode", choices=BOX_MODES, default="clip",
+                        help="clip: optimise freely, clip the result to the pixel range; sigmoid: keep every iterate inside")
     parser.add_argument("--tv-weight", type=float, default=0.0,
                         help="weight of a total-variation image prior (0 = the plain DLG objective)")
     parser.add_argument("--restarts", type=int, default=0,
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     box = None if args.no_box else pixel_box(args.dataset)
     params = AttackParams(
-        args.optimiser, args.iterations, args.lr, args.adaptive, box=box, tv_weight=args.tv_weight,
+        args.optimiser, args.iterations, args.lr, args.adaptive, box=box, box_mode=args.box_mode, tv_weight=args.tv_weight,
         restarts=args.restarts, restart_above=args.restart_above, stop_below=args.stop_below,
     )
     result = reconstruct(observed, params, make_generator(args.seed, "leakage-attack"),

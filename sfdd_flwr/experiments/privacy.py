@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..attacks.leak import pixel_box
-from ..attacks.leakage import AttackParams, ObservedUpdate, reconstruct, save_comparison, save_observed_update, score
+from ..attacks.leakage import BOX_MODES, AttackParams, ObservedUpdate, reconstruct, save_comparison, save_observed_update, score
 from ..behaviours import ClientBehaviour, ClientJob
 from ..centralized import parse_run_config
 from ..config import Settings
@@ -148,7 +148,7 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
     ]
     box = None if args.no_box else pixel_box(dataset)
     attack = AttackParams(
-        "lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box, restarts=args.restarts, restart_above=args.restart_above,
+        "lbfgs", args.attack_iterations, 1.0, adaptive=False, box=box, box_mode=args.box_mode, restarts=args.restarts, restart_above=args.restart_above,
         stop_below=args.stop_below,
     )
     adaptive = dataclasses.replace(attack, adaptive=True)
@@ -223,9 +223,11 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
                 "ldpo-rld": sfdd_accuracy(
                     link, common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"
                 ),
+                # Named by the matched level, so a rerun whose calibration picks another
+                # level does not reuse a run made with the old noise.
                 "local-dp": sfdd_accuracy(
                     link, common + f" defence='local-dp' local-dp-clip={accuracy_clip} local-dp-noise={accuracy_noise}",
-                    workdir, "local-dp",
+                    workdir, f"local-dp-noise{matched[0]:g}",
                 ),
             }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -248,6 +250,7 @@ def markdown(all_results: list[dict], args: argparse.Namespace) -> str:
         "",
         f"ConvNet without pooling, sigmoid, width {args.width}; IPC 1; {args.updates} attacked first-round updates, "
         f"{args.classes_per_update} classes each; L-BFGS {args.attack_iterations} steps x up to 20 evaluations, "
+        f"pixel range: {'none' if args.no_box else args.box_mode}; "
         f"early stop below a relative replay loss of {args.stop_below:g}; "
         f"{args.restarts} extra random starts while the relative replay loss > {args.restart_above:g}; "
         f"LDPO-RLD alpha={args.ldpo_alpha}, k={args.ldpo_k}.",
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--attack-iterations", type=int, default=10)
     parser.add_argument("--no-box", action="store_true")
+    parser.add_argument("--box-mode", choices=BOX_MODES, default="clip",
+                        help="clip: optimise freely, clip the result to the pixel range; sigmoid: keep every iterate inside")
     parser.add_argument("--restarts", type=int, default=0, help="extra random starts per attacked class (see attacks.leak)")
     parser.add_argument("--restart-above", type=float, default=0.01)
     parser.add_argument("--stop-below", type=float, default=0.0,
