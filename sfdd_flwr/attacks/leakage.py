@@ -230,7 +230,7 @@ def _attack_one_class(
 
         for _ in range(params.iterations):
             # LBFGS.step returns the loss at the start of the step: the check costs nothing.
-            if float(optimiser.step(closure)) / scale < params.stop_below:
+            if float(optimiser.step(closure).detach()) / scale < params.stop_below:
                 break
     else:
         optimiser = torch.optim.Adam(variables, lr=params.lr)
