@@ -5,6 +5,8 @@
 Both use the `compare` preset (MNIST, IPC 1, batch-real 64, 30 rounds/iterations, DC
 MNIST evaluation: 1000 epochs with augmentation, 10 models) and the same seeds, so the
 evaluation networks are initialised identically. Prints a Markdown table.
+`--central-networks 5` adds the centralized baseline with 5 networks per iteration (what
+an SFDD round with 5 clients samples, without the data split).
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def main() -> None:
         "--output-dir", default=None,
         help="keep the runs here (default: temporary); finished runs found here are reused, cut-off runs resumed",
     )
+    parser.add_argument(
+        "--central-networks", type=int, default=1,
+        help="also run the centralized baseline with this many networks per iteration "
+             "(an SFDD round's 5 fresh networks without the data split); 1 = only plain DC",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,13 +65,17 @@ def main() -> None:
         for seed in args.seeds:
             common = f"preset='compare' data-dir='{args.data_dir}' output-dir='{out}' seed={seed} {args.run_config}"
             central_dir, sfdd_dir = out / f"centralized-seed{seed}", out / f"sfdd-seed{seed}"
-            extra = continuation(central_dir)
-            if extra is not None:
-                subprocess.run(
-                    [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
-                     f"{common} run-name='centralized-seed{seed}'{extra}"],
-                    cwd=ROOT, check=True,
-                )
+            replicas_dir = out / f"centralized-k{args.central_networks}-seed{seed}"
+            for run_dir, setting in [(central_dir, "")] + (
+                [(replicas_dir, f" central-networks={args.central_networks}")] if args.central_networks > 1 else []
+            ):
+                extra = continuation(run_dir)
+                if extra is not None:
+                    subprocess.run(
+                        [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
+                         f"{common} run-name='{run_dir.name}'{setting}{extra}"],
+                        cwd=ROOT, check=True,
+                    )
             extra = continuation(sfdd_dir)
             if extra is not None:
                 with LocalSuperLink(out / f"superlink-seed{seed}") as link:
@@ -73,20 +84,29 @@ def main() -> None:
                 if result.returncode != 0:
                     raise SystemExit(result.stdout[-5000:] + result.stderr[-5000:])
             central, sfdd = summary(central_dir), summary(sfdd_dir)
-            rows.append((seed, central, sfdd))
-            print(json.dumps({"seed": seed, "centralized": central, "sfdd": sfdd}), flush=True)
+            replicas = summary(replicas_dir) if args.central_networks > 1 else None
+            rows.append((seed, central, sfdd, replicas))
+            print(json.dumps({"seed": seed, "centralized": central, "sfdd": sfdd, "centralized_replicas": replicas}), flush=True)
 
-    print("| seed | centralized accuracy % | SFDD (5 clients) accuracy % | SFDD - centralized | rounds + evaluation s (central / SFDD) |")
-    print("| --- | --- | --- | --- | --- |")
-    for seed, central, sfdd in rows:
+    k = args.central_networks
+    print("| seed | centralized accuracy % | SFDD (5 clients) accuracy % | SFDD - centralized | rounds + evaluation s (central / SFDD) |"
+          + (f" centralized, {k} networks per iteration % | SFDD - that |" if k > 1 else ""))
+    print("| --- | --- | --- | --- | --- |" + (" --- | --- |" if k > 1 else ""))
+    for seed, central, sfdd, replicas in rows:
         c, f = central["final_accuracy_mean"], sfdd["final_accuracy_mean"]
-        print(f"| {seed} | {100 * c:.2f} ± {100 * central['final_accuracy_std']:.2f} | "
-              f"{100 * f:.2f} ± {100 * sfdd['final_accuracy_std']:.2f} | {100 * (f - c):+.2f} | "
-              f"{central['seconds']:.0f} / {sfdd['seconds']:.0f} |")
+        line = (f"| {seed} | {100 * c:.2f} ± {100 * central['final_accuracy_std']:.2f} | "
+                f"{100 * f:.2f} ± {100 * sfdd['final_accuracy_std']:.2f} | {100 * (f - c):+.2f} | "
+                f"{central['seconds']:.0f} / {sfdd['seconds']:.0f} |")
+        if replicas is not None:
+            r = replicas["final_accuracy_mean"]
+            line += f" {100 * r:.2f} ± {100 * replicas['final_accuracy_std']:.2f} | {100 * (f - r):+.2f} |"
+        print(line)
     if len(rows) > 1:
         gap = statistics.mean(r[2]["final_accuracy_mean"] - r[1]["final_accuracy_mean"] for r in rows)
         print(f"\nmean SFDD - centralized over {len(rows)} seeds: {100 * gap:+.2f} points")
-
+        if k > 1:
+            gap = statistics.mean(r[2]["final_accuracy_mean"] - r[3]["final_accuracy_mean"] for r in rows)
+            print(f"mean SFDD - centralized with {k} networks per iteration: {100 * gap:+.2f} points")
 
 if __name__ == "__main__":
     main()
