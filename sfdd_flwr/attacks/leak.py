@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="for normalisation and pixel range")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--optimiser", choices=OPTIMISERS, default="lbfgs")
-    parser.add_argument("--iterations", type=int, default=10, help="optimiser steps per class (L-BFGS: x up to 20 evaluations)")
+    parser.add_argument("--iterations", type=int, default=20, help="optimiser steps per class (L-BFGS: x up to 20 evaluations)")
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--adaptive", action="store_true", help="also learn each class's soft label")
     parser.add_argument("--no-box", action="store_true", help="do not restrict dummies to the valid pixel range")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=0,
                         help="extra random starts for a class whose relative replay loss stays above --restart-above")
     parser.add_argument("--restart-above", type=float, default=0.01)
-    parser.add_argument("--stop-below", type=float, default=0.0,
+    parser.add_argument("--stop-below", type=float, default=0.002,
                         help="end a start early once its relative replay loss is below this (0 = run all iterations)")
     parser.add_argument("--classes", default="", help="attack only these classes, e.g. '0,3'")
     parser.add_argument("--seed", type=int, default=0)

@@ -309,13 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adaptive-updates", type=int, default=0, help="updates for the adaptive attacker (0 = --updates)")
     parser.add_argument("--classes-per-update", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--attack-iterations", type=int, default=10)
+    parser.add_argument("--attack-iterations", type=int, default=20)
     parser.add_argument("--no-box", action="store_true")
     parser.add_argument("--box-mode", choices=BOX_MODES, default="clip",
                         help="clip: optimise freely, clip the result to the pixel range; sigmoid: keep every iterate inside")
     parser.add_argument("--restarts", type=int, default=0, help="extra random starts per attacked class (see attacks.leak)")
     parser.add_argument("--restart-above", type=float, default=0.01)
-    parser.add_argument("--stop-below", type=float, default=0.0,
+    parser.add_argument("--stop-below", type=float, default=0.002,
                         help="end an attack start early once its relative replay loss is below this (0 = never)")
     parser.add_argument("--ldpo-alpha", type=float, default=Settings.ldpo_alpha)
     parser.add_argument("--ldpo-k", type=int, default=Settings.ldpo_k)
