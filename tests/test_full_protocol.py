@@ -1,0 +1,56 @@
+"""benchmarks/full_protocol.py (SFDD rounds without Flower) matches the Flower app."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from flower_helpers import InProcessGrid
+from sfdd_flwr import client_app
+from sfdd_flwr.artifacts import load_synthetic_set
+from sfdd_flwr.config import Settings
+from sfdd_flwr.recorder import RunRecorder
+from sfdd_flwr.strategy import SFDDStrategy
+
+pytestmark = pytest.mark.usefixtures("server_identity")
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "full_protocol.py"
+spec = importlib.util.spec_from_file_location("full_protocol", SCRIPT)
+full_protocol = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(full_protocol)
+
+
+def settings_for(data_dir, tmp_path, name, **extra) -> Settings:
+    values = {
+        "preset": "", "data-dir": str(data_dir), "output-dir": str(tmp_path / "out"), "run-name": name,
+        "net-width": 8, "batch-real": 8, "num-server-rounds": 2, "num-eval": 0, "min-clients": 2,
+    }
+    return Settings.from_mapping(values | extra)
+
+
+@pytest.mark.parametrize("ipc", [1, 2])
+def test_in_process_rounds_give_the_flower_apps_synthetic_set(tiny_mnist_dir, tmp_path, ipc):
+    flower_settings = settings_for(tiny_mnist_dir, tmp_path, "flower", ipc=ipc)
+    grid = InProcessGrid(
+        {101: client_app.app, 102: client_app.app},
+        {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}},
+    )
+    flower_images = SFDDStrategy(flower_settings, report=lambda _: None).distill(
+        grid, RunRecorder(flower_settings, "sfdd", None, lambda _: None)
+    )
+    summary = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "in-process", ipc=ipc), None, report=lambda _: None)
+    assert summary["rounds"] == 2
+    in_process = load_synthetic_set(summary["run_dir"]).images
+    assert torch.allclose(in_process, flower_images, atol=1e-6, rtol=0)
+
+
+def test_a_time_budget_stops_early_and_still_evaluates_the_last_set(tiny_mnist_dir, tmp_path):
+    settings = settings_for(tiny_mnist_dir, tmp_path, "budget", **{"num-server-rounds": 5, "num-eval": 2, "eval-epochs": 2})
+    summary = full_protocol.run(settings, 0.0, report=lambda _: None)
+    assert summary["rounds"] == 1 and summary["planned_rounds"] == 5
+    assert len(summary["stopped_early_accuracies"]) == 2
+    assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
+    records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1]
