@@ -56,6 +56,18 @@ class ClientJob:
         return derive_seed(self.settings.seed, "client", self.server_round, self.client_id, "network")
 
 
+def private_seed(settings: Settings, node_config: Mapping[str, Any], client: int | str) -> int:
+    """The seed of the client's private draws (LDPO-RLD targets, LocalDP noise).
+
+    A node should set its own secret `private-seed` in its node config; otherwise it is
+    derived from the run seed, which keeps simulations reproducible but lets a server that
+    knows the run seed recompute the draws.
+    """
+    if "private-seed" in node_config:
+        return int(node_config["private-seed"])
+    return derive_seed(settings.seed, "private", client)
+
+
 @dataclass
 class ClientResult:
     update: LocalUpdate

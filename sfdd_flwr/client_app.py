@@ -13,14 +13,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
-from .behaviours import ClientJob, behaviour_for_node, load_behaviour
+from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
 from .config import ConfigError, Settings
 from .data import DataUnavailableError
 from .distill import synthetic_labels
 from .evaluate import evaluate_synthetic_set
 from .node_data import NodeDataError, NodeDataRequest, load_node_split, node_label, request_for
 from .recorder import resolve_device
-from .seeding import derive_seed
 from .strategy import (
     CONFIG_KEY,
     IMAGES_KEY,
@@ -72,18 +71,6 @@ def replies_with_node_errors(
             return Message(Error(code=NODE_DATA_ERROR_CODE, reason=reason), reply_to=message)
 
     return wrapped
-
-
-def private_seed(settings: Settings, node_config: dict, client: int | str) -> int:
-    """The seed of the client's private draws (LDPO-RLD targets, LocalDP noise).
-
-    A node should set its own secret `private-seed` in its node config; otherwise it is
-    derived from the run seed, which keeps simulations reproducible but lets a server that
-    knows the run seed recompute the draws.
-    """
-    if "private-seed" in node_config:
-        return int(node_config["private-seed"])
-    return derive_seed(settings.seed, "private", client)
 
 
 @app.train()

@@ -29,14 +29,14 @@ import torch
 
 from ..attacks.leak import pixel_box
 from ..attacks.leakage import BOX_MODES, AttackParams, ObservedUpdate, reconstruct, save_comparison, save_observed_update, score
-from ..behaviours import ClientBehaviour, ClientJob
+from ..behaviours import ClientBehaviour, ClientJob, private_seed
 from ..centralized import parse_run_config
 from ..config import Settings
 from ..data import ClassPools, LabelledImages, PartitionRequest, load_partition
 from ..distill import initial_synthetic_images
 from ..launch import LocalSuperLink
 from ..models import build_network
-from ..seeding import derive_seed, make_generator
+from ..seeding import make_generator
 
 NUM_CLIENTS = 5
 
@@ -71,7 +71,7 @@ def client_round(
         synthetic_images=synthetic,
         data=data,
         device=torch.device("cpu"),
-        private_seed=derive_seed(settings.seed, "private", client),
+        private_seed=private_seed(settings, {}, client),
     )
     result = ClientBehaviour().local_update(job)
     pools = ClassPools(data, spec.num_classes)
