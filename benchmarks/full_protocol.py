@@ -30,12 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sfdd_flwr.aggregation import weighted_mean  # noqa: E402
-from sfdd_flwr.behaviours import ClientBehaviour, ClientJob  # noqa: E402
-from sfdd_flwr.centralized import parse_run_config  # noqa: E402
-from sfdd_flwr.config import Settings, resolve_settings  # noqa: E402
+from sfdd_flwr.behaviours import ClientBehaviour, ClientJob, private_seed  # noqa: E402
+from sfdd_flwr.centralized import settings_from_run_configs  # noqa: E402
+from sfdd_flwr.config import Settings  # noqa: E402
 from sfdd_flwr.node_data import load_node_split, request_for, whole_split  # noqa: E402
 from sfdd_flwr.recorder import RunRecorder, resolve_device, server_evaluator  # noqa: E402
-from sfdd_flwr.seeding import derive_seed  # noqa: E402
 
 
 def client_data(settings: Settings, device: torch.device) -> list:
@@ -61,18 +60,18 @@ def federated_round(
             settings=settings,
             server_round=server_round,
             client_id=client,
-            synthetic_images=images.clone(),
+            synthetic_images=images,
             data=local,
             device=device,
             velocity=velocities.get(client),
-            private_seed=derive_seed(settings.seed, "private", client),
+            private_seed=private_seed(settings, {}, client),
         )
         result = ClientBehaviour().local_update(job)
         if settings.persist_momentum:
             velocities[client] = result.update.velocity
         results.append(result.update)
     weights = [float(len(local)) for local in data]
-    aggregated = weighted_mean([u.images.cpu().numpy() for u in results], weights)
+    aggregated = weighted_mean([u.images.numpy() for u in results], weights)
     seconds = [u.seconds for u in results]
     metrics = {
         "matching_loss": sum(u.matching_loss * w for u, w in zip(results, weights)) / sum(weights),
@@ -93,23 +92,21 @@ def run(settings: Settings, max_train_seconds: float | None, report=print) -> di
     images = recorder.start()
     velocities: dict[int, torch.Tensor | None] = {}
     train_seconds = 0.0
-    last_round = recorder.first_round - 1
+    stopping = False
     for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
         images, metrics = federated_round(settings, server_round, images, data, device, velocities)
         train_seconds += metrics["round_seconds"]
-        recorder.end_round(server_round, images, metrics)
-        last_round = server_round
-        if max_train_seconds is not None and train_seconds >= max_train_seconds:
+        out_of_time = max_train_seconds is not None and train_seconds >= max_train_seconds
+        stopping = out_of_time and server_round < settings.num_server_rounds
+        if stopping:
+            report(f"stopping after round {server_round}: --max-train-seconds={max_train_seconds:g} reached")
+        recorder.end_round(server_round, images, metrics, final=stopping)
+        if stopping:
             break
     extra: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "device": str(device),
                              "planned_rounds": settings.num_server_rounds}
-    if last_round < settings.num_server_rounds:
-        report(f"stopped after round {last_round}: --max-train-seconds={max_train_seconds:g} reached")
-        recorder.run_dir.save_grid(images, settings.dataset_spec, settings.ipc, last_round)
-        if evaluator is not None:
-            result = evaluator(last_round, images)
-            recorder.last_evaluation = {"accuracy_mean": result.mean, "accuracy_std": result.std}
-            extra |= {"stopped_early_accuracies": result.accuracies, "eval_seconds": round(result.seconds, 1)}
+    if stopping and recorder.last_evaluation:
+        extra["stopped_early_accuracies"] = recorder.last_evaluation["accuracies"]
     return recorder.finish(extra)
 
 
@@ -120,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-seconds", type=float, default=None,
                         help="stop after the round that crosses this training time, then evaluate")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for text in args.run_config:
-        overrides.update(parse_run_config(text))
-    settings = resolve_settings(Settings().to_record() | overrides, overrides)
+    settings = settings_from_run_configs(args.run_config)
     summary = run(settings, args.max_train_seconds, report=lambda text: print(text, flush=True))
     print(json.dumps(summary))
     return 0

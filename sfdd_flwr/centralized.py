@@ -43,6 +43,14 @@ def parse_run_config(text: str) -> dict[str, Any]:
     return values
 
 
+def settings_from_run_configs(texts: list[str]) -> Settings:
+    """Settings from `--run-config` texts (later texts win), resolved as `flwr run` does."""
+    overrides: dict[str, Any] = {}
+    for text in texts:
+        overrides.update(parse_run_config(text))
+    return resolve_settings(Settings().to_record() | overrides, overrides)
+
+
 def average_images(images: list[torch.Tensor]) -> torch.Tensor:
     """The plain mean: every replica sees the whole training set, so equal weights."""
     return images[0] if len(images) == 1 else torch.stack(images).mean(dim=0)
@@ -109,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        overrides: dict[str, Any] = {}
-        for text in args.run_config:
-            overrides.update(parse_run_config(text))
-        settings = resolve_settings(Settings().to_record() | overrides, overrides)
+        settings = settings_from_run_configs(args.run_config)
         run_centralized(settings, report=lambda text: print(text, flush=True))
     except (ConfigError, DataUnavailableError, NodeDataError) as error:
         print(f"sfdd-flwr: {error}", file=sys.stderr)

@@ -199,14 +199,15 @@ class RunRecorder:
         )
 
     def end_round(
-        self, round_number: int, images: torch.Tensor, round_metrics: dict[str, Any]
+        self, round_number: int, images: torch.Tensor, round_metrics: dict[str, Any], final: bool = False
     ) -> dict[str, Any]:
         """Save S (the round is then complete), log, evaluate if due, append metrics.
 
         The round's metrics travel inside the checkpoint too, so a crash during a long
-        evaluation loses neither the round nor its training figures.
+        evaluation loses neither the round nor its training figures. `final` marks a round
+        that ends the run before `num-server-rounds` (a time budget): it is evaluated too.
         """
-        evaluate_now = self.should_evaluate(round_number)
+        evaluate_now = final or self.should_evaluate(round_number)
         record: dict[str, Any] = {"round": round_number, **round_metrics}
         self.run_dir.save_synthetic_set(
             images, self.labels, self._metadata(round_number, record), keep_round_copy=evaluate_now
