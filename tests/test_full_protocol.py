@@ -54,3 +54,42 @@ def test_a_time_budget_stops_early_and_still_evaluates_the_last_set(tiny_mnist_d
     assert 0.0 <= summary["final_accuracy_mean"] <= 1.0
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1]
+
+
+def flower_run(settings: Settings, clients: int = 2) -> torch.Tensor:
+    grid = InProcessGrid(
+        {101 + c: client_app.app for c in range(clients)},
+        {101 + c: {"partition-id": c, "num-partitions": clients} for c in range(clients)},
+    )
+    return SFDDStrategy(settings, report=lambda _: None).distill(grid, RunRecorder(settings, "sfdd", None, lambda _: None))
+
+
+def test_a_doorping_client_behaves_as_in_the_flower_app_and_its_trigger_is_scored(tiny_mnist_dir, tmp_path):
+    attack = {"ipc": 2, "malicious-clients": "0", "malicious-behaviour": "doorping", "doorping-trigger-steps": 3,
+              "doorping-poison-fraction": 0.05}
+    flower_images = flower_run(settings_for(tiny_mnist_dir, tmp_path, "flower", **attack))
+    summary = full_protocol.run(
+        settings_for(tiny_mnist_dir, tmp_path, "in-process", **attack, **{"num-eval": 1, "eval-epochs": 2}),
+        None, report=lambda _: None,
+    )
+    assert summary["behaviours"] == ["doorping", "honest"]
+    assert torch.allclose(load_synthetic_set(summary["run_dir"]).images, flower_images, atol=1e-6, rtol=0)
+    assert (Path(summary["run_dir"]) / "attack" / "trigger_client0.pt").is_file()
+    assert 0.0 <= summary["final_attack_success_mean"] <= 1.0
+    records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["client0_poisoned-examples"] >= 1 and "client1_poisoned-examples" not in records[-1]
+
+
+def test_clients_in_their_own_processes_give_the_same_set(tiny_mnist_dir, tmp_path):
+    extra = {"ipc": 2, "malicious-clients": "1", "malicious-behaviour": "doorping", "doorping-trigger-steps": 3}
+    one_by_one = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "sequential", **extra), None, report=lambda _: None)
+    parallel = full_protocol.run(
+        settings_for(tiny_mnist_dir, tmp_path, "parallel", **extra), None, report=lambda _: None, parallel_clients=True
+    )
+    assert parallel["behaviours"] == ["honest", "doorping"]
+    assert torch.equal(load_synthetic_set(parallel["run_dir"]).images, load_synthetic_set(one_by_one["run_dir"]).images)
+
+
+def test_a_robust_aggregator_is_refused_with_the_reason(tiny_mnist_dir, tmp_path):
+    with pytest.raises(full_protocol.ConfigError, match="aggregator='median' is not allowed here"):
+        full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "median", aggregator="median"), None, report=lambda _: None)

@@ -1,0 +1,152 @@
+"""A federation of simulated clients in one machine, without Flower: each client runs the
+ClientApp's behaviour code with its seeds and keeps its state across rounds, one after the
+other or each in its own process; the server side FedAvgs their images. Used by
+`benchmarks/full_protocol.py` on machines without flwr/Ray. No Flower import.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .aggregation import weighted_mean
+from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
+from .config import ConfigError, Settings
+from .node_data import load_node_split, request_for
+
+
+class SimulatedClient:
+    """One simulated node: its partition, its behaviour (as the ClientApp picks it from
+    `malicious-clients` / `malicious-fraction`) and what it keeps across rounds (momentum
+    velocity, behaviour state such as a Doorping trigger)."""
+
+    def __init__(self, settings: Settings, client: int, device: torch.device, run_dir: Path | None) -> None:
+        node_config = {"partition-id": client, "num-partitions": settings.min_clients}
+        self.settings, self.client, self.device, self.run_dir = settings, client, device, run_dir
+        self.data = load_node_split(request_for(settings.task, node_config), train=True).to(device)
+        self.behaviour_name = behaviour_for_node(settings, node_config)
+        try:
+            self.behaviour = load_behaviour(self.behaviour_name)()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        self.velocity: torch.Tensor | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    def local_update(self, server_round: int, images: torch.Tensor) -> dict[str, Any]:
+        job = ClientJob(
+            settings=self.settings,
+            server_round=server_round,
+            client_id=self.client,
+            synthetic_images=images,
+            data=self.data,
+            device=self.device,
+            velocity=self.velocity,
+            state=self.state,
+            private_seed=private_seed(self.settings, {}, self.client),
+            run_dir=self.run_dir,
+        )
+        result = self.behaviour.local_update(job)
+        if self.settings.persist_momentum:
+            self.velocity = result.update.velocity
+        return {
+            "images": result.update.images.cpu().numpy(),
+            "weight": float(len(self.data)),
+            "matching_loss": result.update.matching_loss,
+            "seconds": result.update.seconds,
+            "metrics": result.metrics,
+        }
+
+
+def client_worker(settings: Settings, client: int, device: str, run_dir: Path | None, inbox, outbox) -> None:
+    """A client in its own process (`--parallel-clients`): (round, images) in, its reply out."""
+    try:
+        simulated = SimulatedClient(settings, client, torch.device(device), run_dir)
+        outbox.put(("ready", client, simulated.behaviour_name))
+        while (request := inbox.get()) is not None:
+            server_round, images = request
+            outbox.put(("reply", client, simulated.local_update(server_round, torch.from_numpy(images))))
+    except Exception as error:  # the parent must hear of it, not wait forever
+        outbox.put(("error", client, f"{type(error).__name__}: {error}"))
+
+
+class ClientPool:
+    """All clients of the run, stepped one after the other in this process or, with
+    `parallel=True`, each in its own process (one GPU is shared: the small kernels of one
+    client leave it mostly idle). Each client computes exactly what it would alone."""
+
+    def __init__(self, settings: Settings, device: torch.device, run_dir: Path | None, parallel: bool) -> None:
+        self.parallel = parallel
+        count = settings.min_clients
+        if not parallel:
+            self.clients = [SimulatedClient(settings, c, device, run_dir) for c in range(count)]
+            self.behaviours = [c.behaviour_name for c in self.clients]
+            return
+        context = torch.multiprocessing.get_context("spawn")
+        self.outbox = context.Queue()
+        self.inboxes = [context.Queue() for _ in range(count)]
+        self.processes = [
+            context.Process(target=client_worker, args=(settings, c, str(device), run_dir, self.inboxes[c], self.outbox), daemon=True)
+            for c in range(count)
+        ]
+        for process in self.processes:
+            process.start()
+        self.behaviours = [name for _, name in sorted(self._collect("ready").items())]
+
+    def _collect(self, kind: str) -> dict[int, Any]:
+        """One `kind` message from every client; a client that fails or dies stops the run."""
+        replies: dict[int, Any] = {}
+        while len(replies) < len(self.inboxes):
+            try:
+                got, client, payload = self.outbox.get(timeout=5)
+            except queue.Empty:
+                dead = [c for c, p in enumerate(self.processes) if c not in replies and not p.is_alive()]
+                if dead:
+                    self.close()
+                    raise RuntimeError(f"client process {dead[0]} exited (code {self.processes[dead[0]].exitcode}) "
+                                       f"before its {kind} message") from None
+                continue
+            if got == "error":
+                self.close()
+                raise RuntimeError(f"client {client} failed: {payload}")
+            replies[client] = payload
+        return replies
+
+    def round(self, server_round: int, images: torch.Tensor) -> list[dict[str, Any]]:
+        if not self.parallel:
+            return [client.local_update(server_round, images) for client in self.clients]
+        for inbox in self.inboxes:
+            inbox.put((server_round, images.cpu().numpy()))
+        return [reply for _, reply in sorted(self._collect("reply").items())]
+
+    def close(self) -> None:
+        if self.parallel:
+            for inbox, process in zip(self.inboxes, self.processes):
+                if process.is_alive():
+                    inbox.put(None)
+            for process in self.processes:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.terminate()
+
+
+def federated_round(pool: ClientPool, server_round: int, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One SFDD round: every client's update (its behaviour), then size-weighted FedAvg."""
+    started = time.monotonic()
+    replies = pool.round(server_round, images)
+    weights = [reply["weight"] for reply in replies]
+    aggregated = weighted_mean([reply["images"] for reply in replies], weights)
+    seconds = [reply["seconds"] for reply in replies]
+    metrics: dict[str, Any] = {
+        "matching_loss": sum(r["matching_loss"] * w for r, w in zip(replies, weights)) / sum(weights),
+        "local_update_seconds_sum": round(sum(seconds), 3),
+        "local_update_seconds_max": round(max(seconds), 3),
+        "round_seconds": round(time.monotonic() - started, 3),
+    }
+    for client, reply in enumerate(replies):
+        for key, value in reply["metrics"].items():
+            metrics[f"client{client}_{key}"] = value
+    return torch.from_numpy(aggregated), metrics
