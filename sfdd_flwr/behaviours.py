@@ -233,14 +233,16 @@ class DoorpingBehaviour(ClientBehaviour):
         clean_poisoned_images = job.data.images[indices.to(job.data.images.device)].clone()
         poisoned = poison(job.data, indices, trigger)
         trigger_steps: list[int] = []
+        pinned_updates = 0
 
         def refresh_trigger(network: torch.nn.Module, outer_step: int) -> None:
-            nonlocal trigger
+            nonlocal trigger, pinned_updates
             if not self.optimise_trigger:
                 return
             result = update_trigger(network, trigger, spec, max_steps=settings.doorping_trigger_steps)
             trigger = result.trigger
             trigger_steps.append(result.steps)
+            pinned_updates += result.pinned
             poisoned.images[indices.to(poisoned.images.device)] = stamp(clean_poisoned_images, trigger)
 
         update = dc_update(job, poisoned, UpdateHooks(after_network_training=refresh_trigger))
@@ -256,6 +258,7 @@ class DoorpingBehaviour(ClientBehaviour):
         metrics = {"poisoned-examples": float(indices.numel()), "trigger-updates": float(len(trigger_steps))}
         if trigger_steps:
             metrics["trigger-steps-mean"] = sum(trigger_steps) / len(trigger_steps)
+            metrics["trigger-updates-pinned"] = float(pinned_updates)
         return ClientResult(update, metrics)
 
 

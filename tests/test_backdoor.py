@@ -8,6 +8,7 @@ from sfdd_flwr.attacks.backdoor import (
     attack_success_rate,
     initial_trigger,
     patch_mask,
+    pinned_for_good,
     poison,
     poison_indices,
     select_neuron,
@@ -116,6 +117,28 @@ def test_the_trigger_moves_at_paper_width_where_activations_are_tiny():
     assert not torch.equal(result.trigger.pattern, trigger.pattern)
     goal = 10 * result.initial_activation
     assert abs(result.final_activation - goal) < abs(result.initial_activation - goal)
+
+
+def test_a_pinned_trigger_stops_early_with_the_trigger_the_remaining_steps_would_give():
+    network = build_network(NetworkSpec(1, 10, (28, 28), width=32), seed=0)
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    early = update_trigger(network, trigger, MNIST, max_steps=1000)
+    full = update_trigger(network, trigger, MNIST, max_steps=1000, stop_when_pinned=False)
+    assert early.pinned and early.steps < 100 and full.steps == 1000 and not full.pinned
+    assert torch.equal(early.trigger.pattern, full.trigger.pattern)
+    assert early.final_activation == full.final_activation
+
+
+def test_pinned_needs_every_patch_pixel_on_a_bound_pushed_outward():
+    mask = torch.tensor([[[1.0, 1.0, 0.0]]])
+    low, high = torch.tensor([[[-1.0]]]), torch.tensor([[[1.0]]])
+    pattern = torch.tensor([[[-1.0, 1.0, 0.3]]])
+    outward = torch.tensor([[[0.5, -0.5, 9.0]]])  # descent moves low pixels down, high pixels up
+    assert pinned_for_good(pattern, outward, outward, mask, low, high)
+    assert not pinned_for_good(pattern, outward, -outward, mask, low, high)  # momentum pulls inward
+    assert not pinned_for_good(pattern, -outward, outward, mask, low, high)  # gradient pulls inward
+    inside = torch.tensor([[[-1.0, 0.9, 0.3]]])
+    assert not pinned_for_good(inside, outward, outward, mask, low, high)
 
 
 def _message(images, weight=100):

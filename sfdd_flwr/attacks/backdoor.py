@@ -100,6 +100,7 @@ class TriggerUpdate:
     steps: int
     initial_activation: float
     final_activation: float
+    pinned: bool = False
 
 
 def update_trigger(
@@ -110,6 +111,7 @@ def update_trigger(
     max_steps: int = 1000,
     lr: float = 0.08,
     stop_loss: float = 0.5,
+    stop_when_pinned: bool = True,
 ) -> TriggerUpdate:
     """Doorping's trigger step: drive the selected neuron's activation on the trigger image
     to `amplification` x its initial value (Adam on the patch only, early stop when the
@@ -119,7 +121,12 @@ def update_trigger(
     (0.5) is absolute, calibrated for the activations of order 1 of its hidden dense layer;
     the DC ConvNet's penultimate features (after ReLU and pooling) on a black image with a
     small patch are often a few hundredths, and an absolute 0.5 then ended the update
-    before its first step. A feature at exactly 0 has no "10x" to reach: nothing moves."""
+    before its first step. A feature at exactly 0 has no "10x" to reach: nothing moves.
+
+    The clamp often pins every patch pixel at 0 or 1 before the goal is reached; then a
+    step changes nothing, the next gradient is the same, and every later step would leave
+    the trigger as it is. `stop_when_pinned` stops there (see `pinned_for_good`), with the
+    trigger the remaining steps would have returned, instead of running to `max_steps`."""
     was_training = network.training
     network.eval()
     device = next(network.parameters()).device
@@ -134,6 +141,7 @@ def update_trigger(
     unit = initial.abs().clamp_min(1e-12)
     activation = initial
     steps = 0
+    pinned = False
     for steps in range(1, max_steps + 1):
         activation = network.features(pattern)[0, neuron]
         loss = F.mse_loss(activation / unit, goal / unit)
@@ -142,9 +150,14 @@ def update_trigger(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         pattern.grad.mul_(mask)
+        before = pattern.detach().clone()
         optimizer.step()
         with torch.no_grad():
             pattern.copy_(torch.maximum(torch.minimum(pattern, high), low))
+            if stop_when_pinned and torch.equal(pattern, before):
+                pinned = pinned_for_good(pattern, pattern.grad, optimizer.state[pattern]["exp_avg"], mask, low, high)
+                if pinned:
+                    break
     network.train(was_training)
     new_pattern = pattern.detach()[0] * mask + trigger.pattern.to(device) * (1 - mask)
     return TriggerUpdate(
@@ -153,7 +166,23 @@ def update_trigger(
         steps,
         float(initial),
         float(activation.detach()),
+        pinned,
     )
+
+
+def pinned_for_good(
+    pattern: torch.Tensor, grad: torch.Tensor, first_moment: torch.Tensor, mask: torch.Tensor,
+    low: torch.Tensor, high: torch.Tensor,
+) -> bool:
+    """Whether no later Adam step can move the clamped pattern: every patch pixel sits on
+    a bound, and both the gradient and Adam's first moment push it outward. The next
+    gradient is then the same (same input), so the moment keeps its sign, every step
+    points outward and the clamp undoes it."""
+    inside = mask.expand_as(pattern).bool()
+    low, high = low.expand_as(pattern), high.expand_as(pattern)
+    out_low = (pattern <= low) & (grad >= 0) & (first_moment >= 0)
+    out_high = (pattern >= high) & (grad <= 0) & (first_moment <= 0)
+    return bool((out_low | out_high)[inside].all())
 
 
 @torch.no_grad()
