@@ -80,6 +80,7 @@ class ClientPool:
 
     def __init__(self, settings: Settings, device: torch.device, run_dir: Path | None, parallel: bool) -> None:
         self.parallel = parallel
+        self.closed = False
         count = settings.min_clients
         if not parallel:
             self.clients = [SimulatedClient(settings, c, device, run_dir) for c in range(count)]
@@ -123,14 +124,20 @@ class ClientPool:
         return [reply for _, reply in sorted(self._collect("reply").items())]
 
     def close(self) -> None:
-        if self.parallel:
-            for inbox, process in zip(self.inboxes, self.processes):
-                if process.is_alive():
-                    inbox.put(None)
-            for process in self.processes:
-                process.join(timeout=30)
-                if process.is_alive():
-                    process.terminate()
+        """Stop the client processes (idempotent)."""
+        if not self.parallel or self.closed:
+            return
+        self.closed = True
+        for inbox, process in zip(self.inboxes, self.processes):
+            if process.is_alive():
+                inbox.put(None)
+        for process in self.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        for channel in [*self.inboxes, self.outbox]:
+            channel.close()
+            channel.join_thread()
 
 
 def federated_round(pool: ClientPool, server_round: int, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

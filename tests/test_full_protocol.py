@@ -93,3 +93,10 @@ def test_clients_in_their_own_processes_give_the_same_set(tiny_mnist_dir, tmp_pa
 def test_a_robust_aggregator_is_refused_with_the_reason(tiny_mnist_dir, tmp_path):
     with pytest.raises(full_protocol.ConfigError, match="aggregator='median' is not allowed here"):
         full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "median", aggregator="median"), None, report=lambda _: None)
+
+
+def test_a_client_process_that_fails_stops_the_run_with_its_error(tiny_mnist_dir, tmp_path):
+    settings = settings_for(tiny_mnist_dir, tmp_path, "broken", **{"malicious-clients": "1",
+                                                                 "malicious-behaviour": "no_such_module:Nothing"})
+    with pytest.raises(RuntimeError, match="client 1 failed: ConfigError: behaviour='no_such_module:Nothing' cannot be loaded"):
+        full_protocol.run(settings, None, report=lambda _: None, parallel_clients=True)
