@@ -18,15 +18,20 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 "$python" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available())" >> "$out/gpu.txt" 2>&1
 # Unpack the archives once, before several processes read them.
-"$python" -c "import sys; sys.path.insert(0, '.'); from sfdd_flwr.data import load_split; load_split('mnist', '$data_dir', train=True); load_split('mnist', '$data_dir', train=False)" || exit 1
+"$python" -c "import sys; sys.path.insert(0, '.'); from sfdd_flwr.data import load_split; [load_split('mnist', sys.argv[1], train=t) for t in (True, False)]" "$data_dir" || exit 1
 common="preset='paper-ipc10' data-dir='$data_dir' output-dir='$out/runs' eval-every=0 num-eval=$num_eval malicious-behaviour='doorping' ${EXTRA:-}"
+pids=()
 launch() {  # name clients malicious [extra flags]
   local name=$1 clients=$2 malicious=$3; shift 3
-  if [ "$job_timeout" -gt 0 ]; then wrap=(timeout "$job_timeout"); else wrap=(); fi
-  "${wrap[@]}" "$python" benchmarks/full_protocol.py --max-train-seconds "$train_seconds" "$@" -c \
+  local wrap=()
+  if [ "$job_timeout" -gt 0 ]; then wrap=(timeout "$job_timeout"); fi
+  ${wrap[@]+"${wrap[@]}"} "$python" benchmarks/full_protocol.py --max-train-seconds "$train_seconds" "$@" -c \
     "$common run-name='$name' min-clients=$clients malicious-clients='$malicious'" > "$out/$name.log" 2>&1 &
+  pids+=($!)
 }
 launch attack-n3 3 0 --parallel-clients
 launch clean-n3 3 "" --parallel-clients
 launch attack-n1 1 0
-wait
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status

@@ -6,8 +6,10 @@ other or each in its own process; the server side FedAvgs their images. Used by
 
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ class SimulatedClient:
         self.data = load_node_split(request_for(settings.task, node_config), train=True).to(device)
         self.behaviour_name = behaviour_for_node(settings, node_config)
         try:
-            self.behaviour = load_behaviour(self.behaviour_name)()
+            self.behaviour_class = load_behaviour(self.behaviour_name)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self.velocity: torch.Tensor | None = None
@@ -49,7 +51,7 @@ class SimulatedClient:
             private_seed=private_seed(self.settings, {}, self.client),
             run_dir=self.run_dir,
         )
-        result = self.behaviour.local_update(job)
+        result = self.behaviour_class().local_update(job)  # a fresh object per round, as in the ClientApp
         if self.settings.persist_momentum:
             self.velocity = result.update.velocity
         return {
@@ -62,15 +64,25 @@ class SimulatedClient:
 
 
 def client_worker(settings: Settings, client: int, device: str, run_dir: Path | None, inbox, outbox) -> None:
-    """A client in its own process (`--parallel-clients`): (round, images) in, its reply out."""
+    """A client in its own process (`--parallel-clients`): (round, images) in, its reply out.
+    It exits when told to (None) or when the server process is gone."""
     try:
         simulated = SimulatedClient(settings, client, torch.device(device), run_dir)
         outbox.put(("ready", client, simulated.behaviour_name))
-        while (request := inbox.get()) is not None:
+        parent = multiprocessing.parent_process()
+        while parent is None or parent.is_alive():
+            try:
+                request = inbox.get(timeout=5)
+            except queue.Empty:
+                continue
+            if request is None:
+                return
             server_round, images = request
             outbox.put(("reply", client, simulated.local_update(server_round, torch.from_numpy(images))))
+    except ConfigError as error:
+        outbox.put(("config-error", client, str(error)))
     except Exception as error:  # the parent must hear of it, not wait forever
-        outbox.put(("error", client, f"{type(error).__name__}: {error}"))
+        outbox.put(("error", client, f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
 
 
 class ClientPool:
@@ -110,6 +122,9 @@ class ClientPool:
                     raise RuntimeError(f"client process {dead[0]} exited (code {self.processes[dead[0]].exitcode}) "
                                        f"before its {kind} message") from None
                 continue
+            if got == "config-error":
+                self.close()
+                raise ConfigError(payload)
             if got == "error":
                 self.close()
                 raise RuntimeError(f"client {client} failed: {payload}")
@@ -137,7 +152,7 @@ class ClientPool:
                 process.terminate()
         for channel in [*self.inboxes, self.outbox]:
             channel.close()
-            channel.join_thread()
+            channel.cancel_join_thread()  # the clients are gone: nothing left to deliver
 
 
 def federated_round(pool: ClientPool, server_round: int, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -10,12 +10,16 @@ import torch
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
 from sfdd_flwr.artifacts import load_synthetic_set
+from sfdd_flwr.attacks.backdoor import initial_trigger
 from sfdd_flwr.config import Settings
+from sfdd_flwr.data import DATASETS
 from sfdd_flwr.recorder import RunRecorder
+from sfdd_flwr.seeding import make_generator
 from sfdd_flwr.strategy import SFDDStrategy
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
+MNIST = DATASETS["mnist"]
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "full_protocol.py"
 spec = importlib.util.spec_from_file_location("full_protocol", SCRIPT)
 full_protocol = importlib.util.module_from_spec(spec)
@@ -65,7 +69,7 @@ def flower_run(settings: Settings, clients: int = 2) -> torch.Tensor:
 
 
 def test_a_doorping_client_behaves_as_in_the_flower_app_and_its_trigger_is_scored(tiny_mnist_dir, tmp_path):
-    attack = {"ipc": 2, "malicious-clients": "0", "malicious-behaviour": "doorping", "doorping-trigger-steps": 3,
+    attack = {"seed": 0, "ipc": 2, "malicious-clients": "0", "malicious-behaviour": "doorping", "doorping-trigger-steps": 3,
               "doorping-poison-fraction": 0.05}
     flower_images = flower_run(settings_for(tiny_mnist_dir, tmp_path, "flower", **attack))
     summary = full_protocol.run(
@@ -78,6 +82,12 @@ def test_a_doorping_client_behaves_as_in_the_flower_app_and_its_trigger_is_score
     assert 0.0 <= summary["final_attack_success_mean"] <= 1.0
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["client0_poisoned-examples"] >= 1 and "client1_poisoned-examples" not in records[-1]
+    saved = torch.load(Path(summary["run_dir"]) / "attack" / "trigger_client0.pt", weights_only=True)
+    flower_saved = torch.load(tmp_path / "out" / "flower" / "attack" / "trigger_client0.pt", weights_only=True)
+    assert saved["round"] == flower_saved["round"] == 2
+    assert torch.equal(saved["pattern"], flower_saved["pattern"])
+    first = initial_trigger(MNIST, 2, 0, make_generator(0, "doorping-trigger", 0))
+    assert not torch.equal(saved["pattern"], first.pattern)  # it was optimised and kept
 
 
 def test_clients_in_their_own_processes_give_the_same_set(tiny_mnist_dir, tmp_path):
@@ -98,5 +108,5 @@ def test_a_robust_aggregator_is_refused_with_the_reason(tiny_mnist_dir, tmp_path
 def test_a_client_process_that_fails_stops_the_run_with_its_error(tiny_mnist_dir, tmp_path):
     settings = settings_for(tiny_mnist_dir, tmp_path, "broken", **{"malicious-clients": "1",
                                                                  "malicious-behaviour": "no_such_module:Nothing"})
-    with pytest.raises(RuntimeError, match="client 1 failed: ConfigError: behaviour='no_such_module:Nothing' cannot be loaded"):
+    with pytest.raises(full_protocol.ConfigError, match="behaviour='no_such_module:Nothing' cannot be loaded"):
         full_protocol.run(settings, None, report=lambda _: None, parallel_clients=True)
