@@ -17,7 +17,8 @@ run's would. FedAvg only: the robust aggregators are Flower's strategies.
 S with the run's protocol, so a lease too short for 1000 rounds still yields an honest
 accuracy at a known round count; the summary says how many rounds ran.
 `--parallel-clients` runs each client in its own process (one GPU shared), with the
-same results as one after the other.
+same results as one after the other (bit-identical on CPU; nondeterministic GPU kernels
+can make runs differ slightly either way).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-seconds", type=float, default=None,
                         help="stop after the round that crosses this training time, then evaluate")
     parser.add_argument("--parallel-clients", action="store_true",
-                        help="run each client in its own process (same results, faster on a GPU)")
+                        help="run each client in its own process (same maths, faster on a GPU)")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_run_configs(args.run_config)
