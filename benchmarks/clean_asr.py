@@ -13,16 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sfdd_flwr.artifacts import load_synthetic_set  # noqa: E402
-from sfdd_flwr.attacks.backdoor import Trigger, attack_success_rate  # noqa: E402
-from sfdd_flwr.config import Settings  # noqa: E402
-from sfdd_flwr.data import load_split  # noqa: E402
-from sfdd_flwr.distill import synthetic_labels  # noqa: E402
-from sfdd_flwr.evaluate import evaluate_synthetic_set, mean_and_std  # noqa: E402
+from sfdd_flwr.evaluate import mean_and_std  # noqa: E402
+from sfdd_flwr.experiments.backdoor import score_with_trigger  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -30,22 +24,10 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     clean_dir, trigger_file, data_dir = argv[:3]
-    trigger = Trigger.from_dict(torch.load(trigger_file, weights_only=True))
-    saved = load_synthetic_set(clean_dir)
-    values = dict(saved.metadata["settings"])
-    if len(argv) == 4:
-        values["num-eval"] = int(argv[3])
-    settings = Settings.from_mapping(values)
-    test = load_split(settings.dataset, data_dir, train=False)
-    result = evaluate_synthetic_set(
-        saved.images, synthetic_labels(settings.dataset_spec.num_classes, settings.ipc), test,
-        settings.network_spec, settings.eval_params, settings.seed, saved.round,
-        progress=lambda text: print(text, flush=True), progress_seconds=60,
-        score_trigger=lambda network: attack_success_rate(network, test, trigger),
-    )
-    print(json.dumps({"clean_run": clean_dir, "trigger": trigger_file, "round": saved.round,
-                      "cta": mean_and_std(result.accuracies), "asr": mean_and_std(result.attack_success),
-                      "asr_per_model": result.attack_success}))
+    num_eval = int(argv[3]) if len(argv) == 4 else None
+    result = score_with_trigger(clean_dir, trigger_file, data_dir, num_eval, report=lambda text: print(text, flush=True))
+    print(json.dumps({"clean_run": clean_dir, "trigger": trigger_file, "cta": mean_and_std(result.accuracies),
+                      "asr": mean_and_std(result.attack_success), "asr_per_model": result.attack_success}))
     return 0
 
 

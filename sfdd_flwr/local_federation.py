@@ -134,8 +134,9 @@ class ClientPool:
     def round(self, server_round: int, images: torch.Tensor) -> list[dict[str, Any]]:
         if not self.parallel:
             return [client.local_update(server_round, images) for client in self.clients]
+        request = (server_round, images.cpu().numpy())
         for inbox in self.inboxes:
-            inbox.put((server_round, images.cpu().numpy()))
+            inbox.put(request)
         return [reply for _, reply in sorted(self._collect("reply").items())]
 
     def close(self) -> None:

@@ -150,11 +150,11 @@ def update_trigger(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         pattern.grad.mul_(mask)
-        before = pattern.detach().clone()
+        before = pattern.detach().clone() if stop_when_pinned else None
         optimizer.step()
         with torch.no_grad():
             pattern.copy_(torch.maximum(torch.minimum(pattern, high), low))
-            if stop_when_pinned and torch.equal(pattern, before):
+            if before is not None and torch.equal(pattern, before):
                 pinned = pinned_for_good(pattern, pattern.grad, optimizer.state[pattern]["exp_avg"], mask, low, high)
                 if pinned:
                     break

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from ..artifacts import load_synthetic_set
-from ..attacks.backdoor import Trigger, attack_success_rate
+from ..attacks.backdoor import Trigger
 from ..config import Settings
 from ..data import load_split
-from ..distill import synthetic_labels
-from ..evaluate import evaluate_synthetic_set, mean_and_std
+from ..evaluate import EvalResult, mean_and_std
 from ..launch import LocalSuperLink
+from ..recorder import resolve_device, server_evaluator
 
 
 def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
@@ -53,21 +53,28 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
     return summary
 
 
-def clean_asr(args: argparse.Namespace, dataset: str, clean: dict, attacked: dict) -> float | None:
+def score_with_trigger(
+    run_dir: str | Path, trigger_file: str | Path, data_dir: str, num_eval: int | None = None,
+    report=lambda _: None,
+) -> EvalResult:
+    """A saved run's final S evaluated as its own server did (same networks and seeds),
+    scoring another run's trigger: on a clean run, the chance level of that attack's ASR.
+    `num_eval` evaluates only the first models."""
+    trigger = Trigger.from_dict(torch.load(trigger_file, weights_only=True))
+    saved = load_synthetic_set(run_dir)
+    values = dict(saved.metadata["settings"]) | ({"num-eval": num_eval} if num_eval else {})
+    settings = Settings.from_mapping(values)
+    test = load_split(settings.dataset, data_dir, train=False)
+    evaluate = server_evaluator(settings, test, resolve_device(settings.device), report)
+    return evaluate(saved.round, saved.images, trigger)
+
+
+def clean_asr(args: argparse.Namespace, clean: dict, attacked: dict) -> float | None:
     """ASR of the clean run's S under the attack run's final trigger (the chance baseline)."""
     triggers = sorted((Path(attacked["run_dir"]) / "attack").glob("trigger_client*.pt"))
     if not triggers:
         return None
-    trigger = Trigger.from_dict(torch.load(triggers[0], weights_only=True))
-    saved = load_synthetic_set(clean["run_dir"])
-    settings = Settings.from_mapping({k: v for k, v in saved.metadata["settings"].items()})
-    test = load_split(dataset, args.data_dir, train=False)
-    result = evaluate_synthetic_set(
-        saved.images, synthetic_labels(settings.dataset_spec.num_classes, settings.ipc), test,
-        settings.network_spec, settings.eval_params, settings.seed, saved.round,
-        score_trigger=lambda network: attack_success_rate(network, test, trigger),
-    )
-    return mean_and_std(result.attack_success)[0]
+    return mean_and_std(score_with_trigger(clean["run_dir"], triggers[0], args.data_dir).attack_success)[0]
 
 
 def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) -> list[dict]:
@@ -88,7 +95,7 @@ def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) ->
                 "asr": attacked.get("final_attack_success_mean"),
             }
             if aggregator == "fedavg" and not args.skip_clean_asr:
-                row["asr_clean"] = clean_asr(args, dataset, clean, attacked)
+                row["asr_clean"] = clean_asr(args, clean, attacked)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
