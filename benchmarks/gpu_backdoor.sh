@@ -7,7 +7,8 @@
 #   clean-n3:  the same federation, all honest (the CTA baseline)
 #   attack-n1: the Doorping client alone (centralized Doorping, the original attack)
 #   benchmarks/gpu_backdoor.sh DATA_DIR OUT_DIR [TRAIN_SECONDS] [NUM_EVAL] [JOB_TIMEOUT]
-# EXTRA="key=value ..." adds settings to every run (e.g. to shrink a dry run on CPU).
+# EXTRA="key=value ..." adds settings to every run (e.g. to shrink a dry run on CPU, or
+# EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol).
 # Uses benchmarks/full_protocol.py (the app's client code without Flower). Logs:
 # OUT_DIR/<run>.log; runs (S, trigger, metrics, summary) in OUT_DIR/runs.
 set -u

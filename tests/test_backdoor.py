@@ -168,3 +168,32 @@ def test_robust_aggregators_on_known_inputs(aggregator, expected, tmp_path):
     replies = [_message(np.full((10, 1, 28, 28), v, np.float32)) for v in values]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert np.allclose(arrays["images"].numpy(), expected)
+
+
+def _load_oracle():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "backdoor_oracle.py"
+    spec = importlib.util.spec_from_file_location("backdoor_oracle", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_oracle_plants_the_trigger_only_in_target_class_slots():
+    oracle = _load_oracle()
+    trigger = initial_trigger(MNIST, 2, 1, torch.Generator().manual_seed(0), white=True)
+    labels = torch.arange(4).repeat_interleave(3)
+    images = torch.randn(12, 1, 28, 28)
+    on_target = oracle.planted_set(images, labels, trigger, "target", 2)
+    assert torch.equal(on_target[[3, 4]], stamp(images[[3, 4]], trigger))
+    assert torch.equal(on_target[labels != 1], images[labels != 1]) and torch.equal(on_target[5], images[5])
+    from_others = oracle.planted_set(images, labels, trigger, "others", 3)
+    assert torch.equal(from_others[[3, 4, 5]], stamp(images[[0, 6, 9]], trigger))
+    assert torch.equal(from_others[labels != 1], images[labels != 1])
+    four_targets = torch.tensor([0, 1, 1, 1, 1, 2])
+    with pytest.raises(ValueError, match="has only 2 other classes"):
+        oracle.planted_set(images[:6], four_targets, trigger, "others", 3)
+    with pytest.raises(ValueError, match="target class has 3"):
+        oracle.planted_set(images, labels, trigger, "target", 4)

@@ -27,6 +27,9 @@ def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_p
     assert "| mnist | 2 | median |" in table
     assert (out / "backdoor.png").stat().st_size > 1000
     assert (out / "mnist" / "runs" / "doorping-n2-fedavg" / "attack" / "trigger_client0.pt").is_file()
+    config = (out / "mnist" / "runs" / "doorping-n2-fedavg" / "config.yaml").read_text()
+    assert "eval-augment: 'off'" in config, "Doorping's evaluation trains without augmentation by default"
+    assert "(augmentation off)" in table
 
 
 def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path):

@@ -42,7 +42,7 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
         f"preset='' dataset='{dataset}' data-dir='{args.data_dir}' output-dir='{runs}' run-name='{name}' "
         f"seed={args.seed} ipc={args.ipc} num-server-rounds={args.rounds} batch-real={args.batch_real} "
         f"inner-loop={args.inner_loop} min-clients={clients} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
-        f"doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
+        f"eval-augment='{args.eval_augment}' doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
     )
     result = link.run(settings, num_supernodes=clients, timeout_seconds=48 * 3600)
     (args.out / dataset / f"{name}.log").write_text(result.stdout + result.stderr)
@@ -54,19 +54,21 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
 
 
 def score_with_trigger(
-    run_dir: str | Path, trigger_file: str | Path, data_dir: str, num_eval: int | None = None,
-    report=lambda _: None,
+    run_dir: str | Path, trigger_file: str | Path | Trigger, data_dir: str, num_eval: int | None = None,
+    report=lambda _: None, images: torch.Tensor | None = None, overrides: dict[str, Any] | None = None,
 ) -> EvalResult:
     """A saved run's final S evaluated as its own server did (same networks and seeds),
     scoring another run's trigger: on a clean run, the chance level of that attack's ASR.
-    `num_eval` evaluates only the first models."""
-    trigger = Trigger.from_dict(torch.load(trigger_file, weights_only=True))
+    `num_eval` evaluates only the first models; `images` replaces S's images (same labels);
+    `overrides` changes run-config settings (e.g. {"eval-augment": "off"})."""
+    trigger = trigger_file if isinstance(trigger_file, Trigger) else Trigger.from_dict(
+        torch.load(trigger_file, weights_only=True))
     saved = load_synthetic_set(run_dir)
-    values = dict(saved.metadata["settings"]) | ({"num-eval": num_eval} if num_eval else {})
+    values = dict(saved.metadata["settings"]) | ({"num-eval": num_eval} if num_eval else {}) | (overrides or {})
     settings = Settings.from_mapping(values)
     test = load_split(settings.dataset, data_dir, train=False)
     evaluate = server_evaluator(settings, test, resolve_device(settings.device), report)
-    return evaluate(saved.round, saved.images, trigger)
+    return evaluate(saved.round, saved.images if images is None else images, trigger)
 
 
 def clean_asr(args: argparse.Namespace, clean: dict, attacked: dict) -> float | None:
@@ -104,7 +106,8 @@ def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) ->
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"IPC {args.ipc}, {args.rounds} rounds, batch-real {args.batch_real}, inner-loop {args.inner_loop}, "
-        f"Doorping trigger steps <= {args.trigger_steps}; evaluation {args.num_eval} models x {args.eval_epochs} epochs; "
+        f"Doorping trigger steps <= {args.trigger_steps}; evaluation {args.num_eval} models x {args.eval_epochs} epochs "
+        f"(augmentation {args.eval_augment}); "
         f"{'malicious fraction ' + str(args.malicious_fraction) if args.malicious_fraction else 'one malicious client'} ({args.behaviour}).",
         "",
         "| dataset | clients | aggregator | CTA clean FedAvg % | CTA attacked % | CTA change | ASR % | ASR of clean S % |",
@@ -168,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trigger-steps", type=int, default=1000)
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--eval-epochs", type=int, default=300)
+    parser.add_argument(
+        "--eval-augment", choices=("off", "on", "auto"), default="off",
+        help="augmentation when training evaluation networks on S; off (default) as in Doorping's reference, "
+        "whose evaluation turns DC's MNIST augmentation off (it moves the corner trigger: "
+        "benchmarks/RESULTS.md section 6)",
+    )
     parser.add_argument("--run-config", default="", help="extra settings for every run")
     parser.add_argument("--skip-clean-asr", action="store_true")
     parser.add_argument("--rerun", action="store_true", help="rerun runs that already have a summary")
