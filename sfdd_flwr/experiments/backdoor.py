@@ -54,15 +54,16 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
 
 
 def score_with_trigger(
-    run_dir: str | Path, trigger_file: str | Path | Trigger, data_dir: str, num_eval: int | None = None,
+    run_dir: str | Path, trigger: str | Path | Trigger, data_dir: str, num_eval: int | None = None,
     report=lambda _: None, images: torch.Tensor | None = None, overrides: dict[str, Any] | None = None,
 ) -> EvalResult:
     """A saved run's final S evaluated as its own server did (same networks and seeds),
     scoring another run's trigger: on a clean run, the chance level of that attack's ASR.
-    `num_eval` evaluates only the first models; `images` replaces S's images (same labels);
-    `overrides` changes run-config settings (e.g. {"eval-augment": "off"})."""
-    trigger = trigger_file if isinstance(trigger_file, Trigger) else Trigger.from_dict(
-        torch.load(trigger_file, weights_only=True))
+    `trigger` is a Trigger or a saved trigger file; `num_eval` evaluates only the first
+    models; `images` replaces S's images (same labels); `overrides` changes run-config
+    settings (e.g. {"eval-augment": "off"})."""
+    if not isinstance(trigger, Trigger):
+        trigger = Trigger.from_dict(torch.load(trigger, weights_only=True))
     saved = load_synthetic_set(run_dir)
     values = dict(saved.metadata["settings"]) | ({"num-eval": num_eval} if num_eval else {}) | (overrides or {})
     settings = Settings.from_mapping(values)
