@@ -58,8 +58,12 @@ def planted_set(images: torch.Tensor, labels: torch.Tensor, trigger: Trigger, la
     return planted
 
 
-def csv(kind):
-    return lambda text: [kind(part) for part in text.split(",") if part]
+def comma_list(kind):
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
 
 
 def main(argv: list[str]) -> int:
@@ -67,9 +71,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("data_dir")
     parser.add_argument("--trigger", help="saved trigger file (default: the naive white patch)")
-    parser.add_argument("--counts", type=csv(int), default=[9, 3, 1])
-    parser.add_argument("--layouts", type=csv(str), default=list(LAYOUTS))
-    parser.add_argument("--eval-augment", type=csv(str), default=["off"], help="off, on or auto, comma-separated")
+    parser.add_argument("--counts", type=comma_list(int), default=[9, 3, 1])
+    parser.add_argument("--layouts", type=comma_list(str), default=list(LAYOUTS))
+    parser.add_argument("--eval-augment", type=comma_list(str), default=["off"], help="off, on or auto, comma-separated")
     parser.add_argument("--num-eval", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
