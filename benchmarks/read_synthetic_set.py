@@ -17,34 +17,27 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sfdd_flwr.artifacts import load_synthetic_set  # noqa: E402
 from sfdd_flwr.config import Settings  # noqa: E402
 from sfdd_flwr.data import load_split  # noqa: E402
+from sfdd_flwr.distill import train_network_epoch  # noqa: E402
+from sfdd_flwr.evaluate import test_accuracy  # noqa: E402
 from sfdd_flwr.models import NetworkSpec, build_network  # noqa: E402
 
 
-def train_reader(dataset: str, data_dir: str, epochs: int) -> tuple[torch.nn.Module, float]:
-    train, test = load_split(dataset, data_dir, train=True), load_split(dataset, data_dir, train=False)
-    classes = int(train.labels.max()) + 1
-    network = build_network(NetworkSpec(train.images.shape[1], classes, tuple(train.images.shape[2:]), width=32), seed=0)
+def train_reader(settings: Settings, data_dir: str, epochs: int) -> tuple[torch.nn.Module, float]:
+    train = load_split(settings.dataset, data_dir, train=True)
+    spec = settings.dataset_spec
+    network = build_network(NetworkSpec(spec.channels, spec.num_classes, spec.image_size, width=32), seed=0)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator().manual_seed(0)
     for epoch in range(epochs):
-        order = torch.randperm(len(train.labels), generator=generator)
-        for start in range(0, len(order), 256):
-            batch = order[start : start + 256]
-            loss = F.cross_entropy(network(train.images[batch]), train.labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        train_network_epoch(network, optimizer, train.images, train.labels, 256, generator)
         print(f"reader epoch {epoch + 1}/{epochs}", flush=True)
-    network.eval()
-    with torch.no_grad():
-        accuracy = (network(test.images).argmax(1) == test.labels).float().mean().item()
+    accuracy = test_accuracy(network, load_split(settings.dataset, data_dir, train=False))
     return network, accuracy
 
 
@@ -56,10 +49,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args(argv)
     saved = [load_synthetic_set(path) for path in args.sets]
-    datasets = {Settings.from_mapping(s.metadata["settings"]).dataset for s in saved}
+    settings = [Settings.from_mapping(s.metadata["settings"]) for s in saved]
+    datasets = {s.dataset for s in settings}
     if len(datasets) != 1:
         parser.error(f"the sets come from different datasets: {sorted(datasets)}")
-    reader, accuracy = train_reader(datasets.pop(), args.data_dir, args.epochs)
+    reader, accuracy = train_reader(settings[0], args.data_dir, args.epochs)
     print(f"reader test accuracy {100 * accuracy:.2f} %")
     for path, synthetic in zip(args.sets, saved):
         with torch.no_grad():
