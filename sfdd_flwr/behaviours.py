@@ -239,7 +239,9 @@ class DoorpingBehaviour(ClientBehaviour):
             nonlocal trigger, pinned_updates
             if not self.optimise_trigger:
                 return
-            result = update_trigger(network, trigger, spec, max_steps=settings.doorping_trigger_steps)
+            result = update_trigger(
+                network, trigger, spec, max_steps=settings.doorping_trigger_steps, clamp=settings.doorping_clamp
+            )
             trigger = result.trigger
             trigger_steps.append(result.steps)
             pinned_updates += result.pinned

@@ -66,6 +66,7 @@ class Settings:
     persist_momentum: bool = True
     central_networks: int = 1
     net_width: int = 128
+    net_hidden: int = 0
     net_depth: int = 3
     net_activation: str = "relu"
     net_norm: str = "instancenorm"
@@ -101,6 +102,7 @@ class Settings:
     doorping_poison_fraction: float = 0.01
     doorping_trigger_size: int = 2
     doorping_trigger_steps: int = 1000
+    doorping_clamp: bool = True
     aggregator: str = "fedavg"
     trim_fraction: float = 0.2
     krum_malicious: int = 1
@@ -159,6 +161,7 @@ class Settings:
             activation=self.net_activation,
             normalization=self.net_norm,
             pooling=self.net_pooling,
+            hidden=self.net_hidden,
         )
 
     @property
@@ -310,6 +313,7 @@ _RULES: dict[str, _Rule] = {
     "batch_train": _at_least(1),
     "match_metric": _choice(MATCH_METRICS),
     "net_width": _at_least(1),
+    "net_hidden": _Rule(lambda v: v >= 0, "0 (DC's ConvNet) or the width of a hidden dense layer (Doorping's reference: 192)"),
     "net_depth": _at_least(1),
     "net_activation": _choice(ACTIVATIONS),
     "net_norm": _choice(NORMALIZATIONS),

@@ -4,6 +4,9 @@ The default is the ConvNet of Zhao et al.'s DC reference: `depth` blocks of
 Conv3x3(width) -> InstanceNorm -> ReLU -> AvgPool2d(2), then one Linear layer.
 28x28 inputs get padding 3 on the first convolution, so MNIST-sized and
 CIFAR-sized inputs both end at 4x4xwidth = 2048 features with the defaults.
+`hidden` > 0 inserts Linear(features, hidden) -> ReLU before the classifier: the
+ConvNet of Doorping's reference code (hidden 192), whose trigger update works on that
+dense layer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class NetworkSpec:
     activation: str = "relu"
     normalization: str = "instancenorm"
     pooling: str = "avgpooling"
+    hidden: int = 0
 
 
 class ConvNet(nn.Module):
@@ -73,14 +77,18 @@ class ConvNet(nn.Module):
             in_channels = spec.width
         self.body = nn.Sequential(*layers)
         self.num_features = spec.width * height * width
-        self.classifier = nn.Linear(self.num_features, spec.num_classes)
+        self.hidden = nn.Linear(self.num_features, spec.hidden) if spec.hidden > 0 else None
+        self.classifier = nn.Linear(spec.hidden or self.num_features, spec.num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features, flattened (input of the classifier)."""
+        """Convolutional features, flattened (input of the dense layers)."""
         return self.body(images).flatten(1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images))
+        features = self.features(images)
+        if self.hidden is not None:
+            features = torch.relu(self.hidden(features))
+        return self.classifier(features)
 
 
 def _normalization_layer(kind: str, channels: int, height: int, width: int) -> nn.Module | None:

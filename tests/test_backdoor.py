@@ -119,6 +119,43 @@ def test_the_trigger_moves_at_paper_width_where_activations_are_tiny():
     assert abs(result.final_activation - goal) < abs(result.initial_activation - goal)
 
 
+@pytest.mark.parametrize("seed", [1, 4])
+def test_with_a_hidden_dense_layer_the_trigger_drives_a_hidden_unit_before_its_relu(seed):
+    """Doorping's reference network: the unit with the largest summed |incoming weight|,
+    read before the ReLU (the reference hooks the Linear's output), and the reference's
+    absolute stopping threshold (squared error < 0.5)."""
+    network = build_network(NetworkSpec(1, 10, (28, 28), width=8, hidden=16), seed=seed)
+    neuron = select_neuron(network)
+    assert neuron == int(network.hidden.weight.abs().sum(1).argmax())
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    result = update_trigger(network, trigger, MNIST, max_steps=300)
+    with torch.no_grad():
+        pre_activation = network.hidden(network.features(trigger.pattern[None]))[0, neuron]
+    assert result.initial_activation == pytest.approx(float(pre_activation))
+    goal = 10 * result.initial_activation
+    if seed == 1:  # initial -0.055: already within the threshold, as the reference stops
+        assert (goal - result.initial_activation) ** 2 < 0.5
+        assert result.steps == 1 and torch.equal(result.trigger.pattern, trigger.pattern)
+    else:  # initial 0.105: stops once the absolute error is small, long before 10x
+        assert 1 < result.steps < 300
+        assert (result.final_activation - goal) ** 2 < 0.5
+        assert ((result.final_activation - goal) / result.initial_activation) ** 2 > 0.5
+
+
+def test_without_the_clamp_the_trigger_may_leave_the_pixel_range_as_in_the_reference():
+    network = build_network(NetworkSpec(1, 10, (28, 28), width=32), seed=0)
+    trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
+    low, high = valid_range(MNIST, "cpu")
+    clamped = update_trigger(network, trigger, MNIST, max_steps=300)
+    free = update_trigger(network, trigger, MNIST, max_steps=300, clamp=False)
+    inside = trigger.mask.bool()
+    assert torch.all(clamped.trigger.pattern >= low - 1e-5) and torch.all(clamped.trigger.pattern <= high + 1e-5)
+    assert torch.any((free.trigger.pattern[inside] < low.flatten()[0]) | (free.trigger.pattern[inside] > high.flatten()[0]))
+    assert torch.equal(free.trigger.pattern[~inside], trigger.pattern[~inside])
+    goal = 10 * free.initial_activation
+    assert abs(free.final_activation - goal) < abs(clamped.final_activation - goal)
+
+
 def test_a_pinned_trigger_stops_early_with_the_trigger_the_remaining_steps_would_give():
     network = build_network(NetworkSpec(1, 10, (28, 28), width=32), seed=0)
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))

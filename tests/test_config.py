@@ -67,6 +67,8 @@ def _one_line_error(values: dict, overrides: dict | None = None, conf_dir: Path 
         ("ipc", "ten", "an integer"),
         ("ipc", 2.5, "an integer"),
         ("persist-momentum", "yes", "true or false"),
+        ("net-hidden", -1, "the width of a hidden dense layer (Doorping's reference: 192)"),
+        ("doorping-clamp", "no", "true or false"),
         ("output-dir", "relative/out", "absolute"),
         ("resume-from", "/nonexistent/run", "synthetic_set.pt"),
         ("device", "tpu", "one of auto, cpu, cuda"),

@@ -26,6 +26,18 @@ def test_convnet_layout_matches_dc_reference():
     assert norm.num_groups == norm.num_channels == 128 and norm.affine
 
 
+def test_doorping_reference_convnet_has_a_hidden_dense_layer_before_the_classifier():
+    network = ConvNet(NetworkSpec(channels=1, num_classes=10, image_size=(28, 28), hidden=192))
+    assert (network.hidden.in_features, network.hidden.out_features) == (2048, 192)
+    assert network.classifier.in_features == 192
+    names = [name for name, _ in network.named_parameters()]
+    assert names[-4:] == ["hidden.weight", "hidden.bias", "classifier.weight", "classifier.bias"]
+    images = torch.randn(3, 1, 28, 28)
+    expected = network.classifier(torch.relu(network.hidden(network.features(images))))
+    assert torch.allclose(network(images), expected)
+    assert ConvNet(NetworkSpec(1, 10, (28, 28))).hidden is None
+
+
 def test_security_variant_without_pooling_and_with_sigmoid():
     spec = NetworkSpec(1, 10, (28, 28), activation="sigmoid", pooling="none")
     network = ConvNet(spec)

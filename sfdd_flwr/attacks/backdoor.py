@@ -85,12 +85,27 @@ def valid_range(spec: DatasetSpec, device: torch.device | str) -> tuple[torch.Te
 
 
 def select_neuron(network: torch.nn.Module) -> int:
-    """The penultimate feature most strongly wired to the classifier: argmax_j sum_c |W[c, j]|.
+    """Doorping's neuron (`layer=-2`): the unit of the last hidden layer with the largest
+    summed |weight| on its dense connections.
 
-    The ConvNet's penultimate features come out of convolutions, so the classifier weight
-    is the one dense weight attached to them (Doorping's `layer=-2`).
+    With a hidden dense layer (Doorping's reference ConvNet, `net-hidden`), that is the
+    hidden unit with the largest summed |incoming weight|, argmax_j sum_i |W_hidden[j, i]|,
+    exactly as the reference. DC's ConvNet has no hidden dense layer; its penultimate
+    features come out of convolutions, so the one dense weight attached to them is the
+    classifier's: argmax_j sum_c |W[c, j]|.
     """
+    if getattr(network, "hidden", None) is not None:
+        return int(network.hidden.weight.detach().abs().sum(dim=1).argmax())
     return int(network.classifier.weight.detach().abs().sum(dim=0).argmax())
+
+
+def trigger_layer(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The activations `select_neuron` indexes: the hidden dense layer's output before
+    its ReLU (where the reference hooks it), or DC's flattened convolutional features."""
+    features = network.features(images)
+    if getattr(network, "hidden", None) is not None:
+        return network.hidden(features)
+    return features
 
 
 @dataclass
@@ -112,21 +127,24 @@ def update_trigger(
     lr: float = 0.08,
     stop_loss: float = 0.5,
     stop_when_pinned: bool = True,
+    clamp: bool = True,
 ) -> TriggerUpdate:
     """Doorping's trigger step: drive the selected neuron's activation on the trigger image
     to `amplification` x its initial value (Adam on the patch only, early stop when the
     squared error falls below `stop_loss`), keeping pixels in the valid range.
 
-    The error is measured in units of the initial activation. The reference's threshold
-    (0.5) is absolute, calibrated for the activations of order 1 of its hidden dense layer;
-    the DC ConvNet's penultimate features (after ReLU and pooling) on a black image with a
-    small patch are often a few hundredths, and an absolute 0.5 then ended the update
-    before its first step. A feature at exactly 0 has no "10x" to reach: nothing moves.
+    With a hidden dense layer the error is absolute, as in the reference, whose threshold
+    (0.5) suits that layer's activations of order 1. On DC's ConvNet it is measured in
+    units of the initial activation: the penultimate features (after ReLU and pooling) on
+    a black image with a small patch are often a few hundredths, and an absolute 0.5 then
+    ended the update before its first step. A feature at exactly 0 has no "10x" to reach:
+    nothing moves.
 
     The clamp often pins every patch pixel at 0 or 1 before the goal is reached; then a
     step changes nothing, the next gradient is the same, and every later step would leave
     the trigger as it is. `stop_when_pinned` stops there (see `pinned_for_good`), with the
-    trigger the remaining steps would have returned, instead of running to `max_steps`."""
+    trigger the remaining steps would have returned, instead of running to `max_steps`.
+    `clamp=False` is the reference's behaviour: patch values may leave the pixel range."""
     was_training = network.training
     network.eval()
     device = next(network.parameters()).device
@@ -136,22 +154,27 @@ def update_trigger(
     pattern = trigger.pattern.to(device).clone().unsqueeze(0).requires_grad_(True)
     optimizer = torch.optim.Adam([pattern], lr=lr, betas=(0.9, 0.99))
     with torch.no_grad():
-        initial = network.features(pattern)[0, neuron].detach()
+        initial = trigger_layer(network, pattern)[0, neuron].detach()
     goal = amplification * initial
-    unit = initial.abs().clamp_min(1e-12)
+    if getattr(network, "hidden", None) is not None:
+        unit = torch.ones_like(initial)
+    else:
+        unit = initial.abs().clamp_min(1e-12)
     activation = initial
     steps = 0
     pinned = False
     for steps in range(1, max_steps + 1):
-        activation = network.features(pattern)[0, neuron]
+        activation = trigger_layer(network, pattern)[0, neuron]
         loss = F.mse_loss(activation / unit, goal / unit)
         if float(loss.detach()) < stop_loss:
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         pattern.grad.mul_(mask)
-        before = pattern.detach().clone() if stop_when_pinned else None
+        before = pattern.detach().clone() if stop_when_pinned and clamp else None
         optimizer.step()
+        if not clamp:
+            continue
         with torch.no_grad():
             pattern.copy_(torch.maximum(torch.minimum(pattern, high), low))
             if before is not None and torch.equal(pattern, before):
