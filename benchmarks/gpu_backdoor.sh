@@ -8,7 +8,9 @@
 #   attack-n1: the Doorping client alone (centralized Doorping, the original attack)
 #   benchmarks/gpu_backdoor.sh DATA_DIR OUT_DIR [TRAIN_SECONDS] [NUM_EVAL] [JOB_TIMEOUT]
 # EXTRA="key=value ..." adds settings to every run (e.g. to shrink a dry run on CPU, or
-# EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol).
+# EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol; add
+# "net-hidden=192" for the ConvNet of Doorping's reference code, "doorping-clamp=false" for
+# its unclamped trigger).
 # Uses benchmarks/full_protocol.py (the app's client code without Flower). Logs:
 # OUT_DIR/<run>.log; runs (S, trigger, metrics, summary) in OUT_DIR/runs.
 set -u
