@@ -156,10 +156,8 @@ def update_trigger(
     with torch.no_grad():
         initial = trigger_layer(network, pattern)[0, neuron].detach()
     goal = amplification * initial
-    if getattr(network, "hidden", None) is not None:
-        unit = torch.ones_like(initial)
-    else:
-        unit = initial.abs().clamp_min(1e-12)
+    has_hidden_layer = getattr(network, "hidden", None) is not None
+    unit = torch.ones_like(initial) if has_hidden_layer else initial.abs().clamp_min(1e-12)
     activation = initial
     steps = 0
     pinned = False
