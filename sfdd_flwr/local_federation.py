@@ -79,6 +79,9 @@ def client_worker(settings: Settings, client: int, device: str, run_dir: Path | 
                 return
             server_round, images = request
             outbox.put(("reply", client, simulated.local_update(server_round, torch.from_numpy(images))))
+        # The server is gone: a reply still buffered for it would block this process's exit
+        # (the queue's feeder thread waits for a reader that will never come).
+        outbox.cancel_join_thread()
     except ConfigError as error:
         outbox.put(("config-error", client, str(error)))
     except Exception as error:  # the parent must hear of it, not wait forever
