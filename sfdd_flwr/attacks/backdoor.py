@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import DatasetSpec, LabelledImages, normalise
+from ..models import ConvNet
 
 
 @dataclass
@@ -84,7 +85,7 @@ def valid_range(spec: DatasetSpec, device: torch.device | str) -> tuple[torch.Te
     return (0 - mean) / std, (1 - mean) / std
 
 
-def select_neuron(network: torch.nn.Module) -> int:
+def select_neuron(network: ConvNet) -> int:
     """Doorping's neuron (`layer=-2`): the unit of the last hidden layer with the largest
     summed |weight| on its dense connections.
 
@@ -94,18 +95,16 @@ def select_neuron(network: torch.nn.Module) -> int:
     features come out of convolutions, so the one dense weight attached to them is the
     classifier's: argmax_j sum_c |W[c, j]|.
     """
-    if getattr(network, "hidden", None) is not None:
+    if network.hidden is not None:
         return int(network.hidden.weight.detach().abs().sum(dim=1).argmax())
     return int(network.classifier.weight.detach().abs().sum(dim=0).argmax())
 
 
-def trigger_layer(network: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+def trigger_layer(network: ConvNet, images: torch.Tensor) -> torch.Tensor:
     """The activations `select_neuron` indexes: the hidden dense layer's output before
     its ReLU (where the reference hooks it), or DC's flattened convolutional features."""
     features = network.features(images)
-    if getattr(network, "hidden", None) is not None:
-        return network.hidden(features)
-    return features
+    return features if network.hidden is None else network.hidden(features)
 
 
 @dataclass
@@ -119,7 +118,7 @@ class TriggerUpdate:
 
 
 def update_trigger(
-    network: torch.nn.Module,
+    network: ConvNet,
     trigger: Trigger,
     spec: DatasetSpec,
     amplification: float = 10.0,
@@ -156,8 +155,7 @@ def update_trigger(
     with torch.no_grad():
         initial = trigger_layer(network, pattern)[0, neuron].detach()
     goal = amplification * initial
-    has_hidden_layer = getattr(network, "hidden", None) is not None
-    unit = torch.ones_like(initial) if has_hidden_layer else initial.abs().clamp_min(1e-12)
+    unit = initial.abs().clamp_min(1e-12) if network.hidden is None else torch.ones_like(initial)
     activation = initial
     steps = 0
     pinned = False
