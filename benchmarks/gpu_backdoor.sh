@@ -1,16 +1,17 @@
 #!/bin/bash
-# Doorping at the paper's distillation scale (MNIST, IPC 10, batch-real 256, DC loops:
-# outer 10 / inner 50, width 128, trigger steps <= 1000) on one GPU, three runs side by
-# side, each stopped after TRAIN_SECONDS of rounds and then evaluated with the DC MNIST
-# protocol (NUM_EVAL fresh ConvNets x 1000 epochs with augmentation; CTA and ASR):
-#   attack-n3: 3 clients, client 0 runs Doorping, FedAvg (clients in parallel processes)
-#   clean-n3:  the same federation, all honest (the CTA baseline)
-#   attack-n1: the Doorping client alone (centralized Doorping, the original attack)
+# Doorping federations on one GPU, several runs side by side, each stopped after
+# TRAIN_SECONDS of rounds and then evaluated (NUM_EVAL fresh ConvNets; CTA and ASR).
 #   benchmarks/gpu_backdoor.sh DATA_DIR OUT_DIR [TRAIN_SECONDS] [NUM_EVAL] [JOB_TIMEOUT]
-# EXTRA="key=value ..." adds settings to every run (e.g. to shrink a dry run on CPU, or
-# EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol; add
+# RUNS names the runs (default "attack-n3 clean-n3 attack-n1"): attack-nK is K clients of
+# which client 0 runs Doorping, clean-nK the same federation all honest; K > 1 runs each
+# client in its own process on the shared GPU (FedAvg).
+# BASE holds the distillation settings (default "preset='paper-ipc10'": MNIST, IPC 10,
+# batch-real 256, DC loops outer 10 / inner 50, width 128, trigger steps <= 1000, the DC
+# evaluation of 1000 epochs with augmentation, once at the end).
+# EXTRA="key=value ..." adds settings to every run and wins over BASE and this script's own
+# (e.g. EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol,
 # "net-hidden=192" for the ConvNet of Doorping's reference code, "doorping-clamp=false" for
-# its unclamped trigger).
+# its unclamped trigger, "eval-every=10" for evaluations during the run).
 # Uses benchmarks/full_protocol.py (the app's client code without Flower). Logs:
 # OUT_DIR/<run>.log; runs (S, trigger, metrics, summary) in OUT_DIR/runs.
 set -u
@@ -22,19 +23,23 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 "$python" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available())" >> "$out/gpu.txt" 2>&1
 # Unpack the archives once, before several processes read them.
 "$python" -c "import sys; sys.path.insert(0, '.'); from sfdd_flwr.data import load_split; [load_split('mnist', sys.argv[1], train=t) for t in (True, False)]" "$data_dir" || exit 1
-common="preset='paper-ipc10' data-dir='$data_dir' output-dir='$out/runs' eval-every=0 num-eval=$num_eval malicious-behaviour='doorping' ${EXTRA:-}"
+common="${BASE:-preset='paper-ipc10'} data-dir='$data_dir' output-dir='$out/runs' eval-every=0 num-eval=$num_eval malicious-behaviour='doorping'"
 pids=()
-launch() {  # name clients malicious [extra flags]
-  local name=$1 clients=$2 malicious=$3; shift 3
-  local wrap=()
+for name in ${RUNS:-attack-n3 clean-n3 attack-n1}; do
+  case $name in
+    attack-n[0-9]*) clients=${name#attack-n}; malicious=0 ;;
+    clean-n[0-9]*) clients=${name#clean-n}; malicious="" ;;
+    *) echo "run name $name is not attack-nK or clean-nK" >&2; exit 2 ;;
+  esac
+  flags=(--max-train-seconds "$train_seconds")
+  if [ "$clients" -gt 1 ]; then flags+=(--parallel-clients); fi
+  wrap=()
   if [ "$job_timeout" -gt 0 ]; then wrap=(timeout "$job_timeout"); fi
-  ${wrap[@]+"${wrap[@]}"} "$python" benchmarks/full_protocol.py --max-train-seconds "$train_seconds" "$@" -c \
-    "$common run-name='$name' min-clients=$clients malicious-clients='$malicious'" > "$out/$name.log" 2>&1 &
+  ${wrap[@]+"${wrap[@]}"} "$python" benchmarks/full_protocol.py "${flags[@]}" \
+    -c "$common run-name='$name' min-clients=$clients malicious-clients='$malicious'" -c "${EXTRA:-}" \
+    > "$out/$name.log" 2>&1 &
   pids+=($!)
-}
-launch attack-n3 3 0 --parallel-clients
-launch clean-n3 3 "" --parallel-clients
-launch attack-n1 1 0
+done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 exit $status

@@ -200,6 +200,21 @@ def behaviour_for_node(settings: Settings, node_config: Mapping[str, Any]) -> st
     return "honest"
 
 
+def saved_trigger(job: ClientJob) -> Trigger | None:
+    """The trigger this client wrote at the end of the previous round, if the run directory
+    holds it: a resumed run starts with empty client state, and without this the attacker
+    would start again from a random patch."""
+    if job.run_dir is None or job.server_round <= 1:
+        return None
+    path = job.run_dir / "attack" / f"trigger_client{job.client_id}.pt"
+    if not path.is_file():
+        return None
+    values = torch.load(path, map_location="cpu")
+    if values.get("round") != job.server_round - 1 or int(values["target"]) != job.settings.doorping_target:
+        return None
+    return Trigger.from_dict(values)
+
+
 @register_behaviour("doorping")
 class DoorpingBehaviour(ClientBehaviour):
     """Doorping (Liu et al. 2023): poison 1 % of the local data with a trigger relabelled to
@@ -218,7 +233,7 @@ class DoorpingBehaviour(ClientBehaviour):
         if "trigger-pattern" in job.state:
             trigger = Trigger(job.state["trigger-pattern"], job.state["trigger-mask"], settings.doorping_target)
         else:
-            trigger = initial_trigger(
+            trigger = saved_trigger(job) or initial_trigger(
                 spec,
                 settings.doorping_trigger_size,
                 settings.doorping_target,

@@ -4,6 +4,7 @@ import json
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,8 @@ from sfdd_flwr.behaviours import (
 )
 from sfdd_flwr.config import ConfigError, Settings
 from sfdd_flwr.data import load_split
+from sfdd_flwr.distill import initial_synthetic_images
+from sfdd_flwr.local_federation import SimulatedClient
 from sfdd_flwr.recorder import RunRecorder, server_evaluator
 from sfdd_flwr.strategy import SFDDStrategy
 
@@ -127,6 +130,38 @@ def test_backdoor_client_keeps_its_trigger_and_the_server_scores_it(tiny_mnist_d
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_attack_success_mean"] == final["attack_success_mean"]
     assert any("attack success" in line for line in lines)
+
+
+def test_a_resumed_doorping_client_continues_from_the_trigger_it_saved(tiny_mnist_dir, tmp_path):
+    """A resumed run has empty client state; the attacker picks its trigger up from the run
+    directory (written at the end of the previous round), so round 2 after a restart is the
+    round 2 of an uninterrupted run."""
+    run = settings(**{
+        "data-dir": str(tiny_mnist_dir), "net-width": 8, "batch-real": 8, "ipc": 2, "outer-loop": 2,
+        "inner-loop": 2, "min-clients": 1, "malicious-clients": "0", "malicious-behaviour": "doorping",
+        "doorping-poison-fraction": 0.05, "doorping-trigger-steps": 20, "persist-momentum": False,
+    })
+    run_dir = tmp_path / "run"
+    images = initial_synthetic_images(run.network_spec, run.ipc, torch.Generator().manual_seed(0))
+    attacker = SimulatedClient(run, 0, torch.device("cpu"), run_dir)
+    after_round_1 = torch.from_numpy(attacker.local_update(1, images)["images"])
+    saved_file = run_dir / "attack" / "trigger_client0.pt"
+    saved_after_round_1 = saved_file.read_bytes()
+    uninterrupted = attacker.local_update(2, after_round_1)["images"]
+
+    saved_file.write_bytes(saved_after_round_1)
+    resumed = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["images"]
+    assert np.array_equal(resumed, uninterrupted)
+
+    saved_file.unlink()
+    from_scratch = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["images"]
+    assert not np.array_equal(from_scratch, uninterrupted)  # the saved trigger is what made them equal
+
+    saved_file.write_bytes(saved_after_round_1)  # a trigger from round 1 does not belong to round 3
+    stale = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["images"]
+    saved_file.unlink()
+    fresh = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["images"]
+    assert np.array_equal(stale, fresh)
 
 
 @pytest.mark.parametrize(
