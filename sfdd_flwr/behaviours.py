@@ -209,7 +209,7 @@ def saved_trigger(job: ClientJob) -> Trigger | None:
     path = job.run_dir / "attack" / f"trigger_client{job.client_id}.pt"
     if not path.is_file():
         return None
-    values = torch.load(path, map_location="cpu")
+    values = torch.load(path, map_location="cpu", weights_only=True)
     if values.get("round") != job.server_round - 1 or int(values["target"]) != job.settings.doorping_target:
         return None
     return Trigger.from_dict(values)

@@ -1,10 +1,15 @@
 """Reduced-size runs of the experiment commands (the full runs are documented in benchmarks/)."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
+from sfdd_flwr.attacks.backdoor import initial_trigger
+from sfdd_flwr.config import Settings
 from sfdd_flwr.experiments import backdoor, privacy
+from sfdd_flwr.recorder import RunRecorder
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +57,24 @@ def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path)
     assert (out / "mnist" / "no-defence-b1-update.pt").is_file()
     table = (out / "privacy_tables.md").read_text()
     assert "Table 3" in table and "Tables 4 and 5" in table
+
+
+def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(tiny_mnist_dir, tmp_path):
+    """A set saved by a resumed run records `resume-from`; scoring a copy of it elsewhere
+    (e.g. fetched from a GPU machine) must not need the directory that setting names."""
+    base = {
+        "preset": "", "data-dir": str(tiny_mnist_dir), "output-dir": str(tmp_path / "out"), "run-name": "run",
+        "ipc": 1, "net-width": 8, "num-eval": 1, "eval-epochs": 2, "num-server-rounds": 3, "eval-every": 0,
+    }
+    first = RunRecorder(Settings.from_mapping(base), "test", None, lambda _: None)
+    first.end_round(1, first.start(), {})
+    resumed = RunRecorder(Settings.from_mapping(base | {"resume-from": str(first.run_dir.path)}), "test", None, lambda _: None)
+    resumed.end_round(2, resumed.start(), {})
+    copied = tmp_path / "copied.pt"
+    shutil.copy(resumed.run_dir.path / "synthetic_set.pt", copied)
+    shutil.rmtree(first.run_dir.path)
+    spec = Settings.from_mapping(base).dataset_spec
+    trigger = initial_trigger(spec, 2, 0, torch.Generator().manual_seed(0))
+    result = backdoor.score_with_trigger(copied, trigger, str(tiny_mnist_dir))
+    assert len(result.accuracies) == 1 and len(result.attack_success) == 1
+    assert 0.0 <= result.attack_success[0] <= 1.0

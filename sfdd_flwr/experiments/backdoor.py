@@ -65,7 +65,12 @@ def score_with_trigger(
     if not isinstance(trigger, Trigger):
         trigger = Trigger.from_dict(torch.load(trigger, weights_only=True))
     saved = load_synthetic_set(run_dir)
-    values = dict(saved.metadata["settings"]) | ({"num-eval": num_eval} if num_eval else {}) | (overrides or {})
+    # `resume-from` names the directory a resumed run continued, which a copied set
+    # (e.g. fetched from another machine) does not carry along; scoring does not need it.
+    values = (
+        dict(saved.metadata["settings"]) | {"resume-from": ""}
+        | ({"num-eval": num_eval} if num_eval else {}) | (overrides or {})
+    )
     settings = Settings.from_mapping(values)
     test = load_split(settings.dataset, data_dir, train=False)
     evaluate = server_evaluator(settings, test, resolve_device(settings.device), report)
