@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sfdd_flwr.artifacts import load_synthetic_set  # noqa: E402
 from sfdd_flwr.attacks.backdoor import Trigger, initial_trigger, stamp  # noqa: E402
-from sfdd_flwr.config import Settings  # noqa: E402
 from sfdd_flwr.evaluate import mean_and_std  # noqa: E402
 from sfdd_flwr.experiments.backdoor import score_with_trigger  # noqa: E402
 
@@ -82,7 +81,7 @@ def main(argv: list[str]) -> int:
             parser.error(f"--layouts: {layout!r} is not one of {', '.join(LAYOUTS)}")
 
     saved = load_synthetic_set(args.run_dir)
-    settings = Settings.from_mapping(saved.metadata["settings"])
+    settings = saved.settings()
     if args.trigger:
         trigger = Trigger.from_dict(torch.load(args.trigger, weights_only=True))
     else:

@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args(argv)
     saved = [load_synthetic_set(path) for path in args.sets]
-    settings = [Settings.from_mapping(s.metadata["settings"]) for s in saved]
+    settings = [s.settings() for s in saved]
     datasets = {s.dataset for s in settings}
     if len(datasets) != 1:
         parser.error(f"the sets come from different datasets: {sorted(datasets)}")

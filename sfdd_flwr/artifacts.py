@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from .config import Settings
 from .data import DatasetSpec, denormalise
 
 SYNTHETIC_SET_FILE = "synthetic_set.pt"
@@ -38,6 +39,13 @@ class SavedSyntheticSet:
     @property
     def round(self) -> int:
         return int(self.metadata["round"])
+
+    def settings(self, overrides: dict[str, Any] | None = None) -> Settings:
+        """The settings of the run that saved this set, with `overrides`. `resume-from` is
+        left out: it names a directory on the machine that ran it, which a copied set (e.g.
+        fetched from a GPU machine) does not carry along, and reading a set never needs it."""
+        values = dict(self.metadata["settings"]) | dict(overrides or {})
+        return Settings.from_mapping(values, ignore=("resume-from",))
 
 
 def _atomic_write(path: Path, write) -> None:

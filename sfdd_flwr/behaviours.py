@@ -200,13 +200,18 @@ def behaviour_for_node(settings: Settings, node_config: Mapping[str, Any]) -> st
     return "honest"
 
 
+def trigger_file(run_dir: Path, client_id: int | str) -> Path:
+    """Where a backdoor client writes its trigger after every round (for scoring and resume)."""
+    return run_dir / "attack" / f"trigger_client{client_id}.pt"
+
+
 def saved_trigger(job: ClientJob) -> Trigger | None:
     """The trigger this client wrote at the end of the previous round, if the run directory
     holds it: a resumed run starts with empty client state, and without this the attacker
     would start again from a random patch."""
     if job.run_dir is None or job.server_round <= 1:
         return None
-    path = job.run_dir / "attack" / f"trigger_client{job.client_id}.pt"
+    path = trigger_file(job.run_dir, job.client_id)
     if not path.is_file():
         return None
     values = torch.load(path, map_location="cpu", weights_only=True)
@@ -266,12 +271,9 @@ class DoorpingBehaviour(ClientBehaviour):
         job.state["trigger-pattern"] = trigger.pattern.cpu()
         job.state["trigger-mask"] = trigger.mask.cpu()
         if job.run_dir is not None:
-            attack_dir = job.run_dir / "attack"
-            attack_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                trigger.as_dict() | {"behaviour": self.name, "round": job.server_round},
-                attack_dir / f"trigger_client{job.client_id}.pt",
-            )
+            path = trigger_file(job.run_dir, job.client_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(trigger.as_dict() | {"behaviour": self.name, "round": job.server_round}, path)
         metrics = {"poisoned-examples": float(indices.numel()), "trigger-updates": float(len(trigger_steps))}
         if trigger_steps:
             metrics["trigger-steps-mean"] = sum(trigger_steps) / len(trigger_steps)

@@ -21,7 +21,6 @@ import torch
 
 from ..artifacts import load_synthetic_set
 from ..attacks.backdoor import Trigger
-from ..config import Settings
 from ..data import load_split
 from ..evaluate import EvalResult, mean_and_std
 from ..launch import LocalSuperLink
@@ -65,13 +64,7 @@ def score_with_trigger(
     if not isinstance(trigger, Trigger):
         trigger = Trigger.from_dict(torch.load(trigger, weights_only=True))
     saved = load_synthetic_set(run_dir)
-    # `resume-from` names the directory a resumed run continued, which a copied set
-    # (e.g. fetched from another machine) does not carry along; scoring does not need it.
-    values = (
-        dict(saved.metadata["settings"]) | {"resume-from": ""}
-        | ({"num-eval": num_eval} if num_eval else {}) | (overrides or {})
-    )
-    settings = Settings.from_mapping(values)
+    settings = saved.settings(({"num-eval": num_eval} if num_eval else {}) | (overrides or {}))
     test = load_split(settings.dataset, data_dir, train=False)
     evaluate = server_evaluator(settings, test, resolve_device(settings.device), report)
     return evaluate(saved.round, saved.images if images is None else images, trigger)
