@@ -11,7 +11,8 @@ Doorping), whose state (the trigger) persists across rounds and is saved for the
 Only the transport differs from `flwr run`, so figures are those of the app's maths;
 `tests/test_full_protocol.py` checks that this loop and the ClientApp/Strategy pair
 return the same S. Outputs (S, grids, metrics.jsonl, summary.json) go where an app
-run's would. FedAvg only: the robust aggregators are Flower's strategies.
+run's would. `aggregator` other than fedavg (median, trimmed-mean, krum, multi-krum)
+applies Flower's robust strategy as the Strategy does, so it needs flwr installed.
 
 `--max-train-seconds` stops after the round that crosses the budget and evaluates that
 S with the run's protocol, so a lease too short for 1000 rounds still yields an honest
@@ -41,11 +42,16 @@ from sfdd_flwr.recorder import RunRecorder, resolve_device, server_evaluator  # 
 
 
 def run(settings: Settings, max_train_seconds: float | None, report=print, parallel_clients: bool = False) -> dict[str, Any]:
+    aggregate = None
     if settings.aggregator != "fedavg":
-        raise ConfigError(
-            f"aggregator={settings.aggregator!r} is not allowed here: full_protocol.py runs FedAvg only "
-            "(the robust rules are Flower's strategies; use flwr run)"
-        )
+        try:
+            from sfdd_flwr.strategy import synthetic_set_aggregator
+        except ImportError as error:
+            raise ConfigError(
+                f"aggregator={settings.aggregator!r} needs flwr (Flower's robust strategies), "
+                f"which cannot be imported here ({error}); fedavg runs without it"
+            ) from error
+        aggregate = synthetic_set_aggregator(settings)
     device = resolve_device(settings.device)
     report(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     test_set = whole_split(settings.task, train=False) if settings.num_eval else None
@@ -54,12 +60,12 @@ def run(settings: Settings, max_train_seconds: float | None, report=print, paral
     images = recorder.start()
     pool = ClientPool(settings, device, recorder.run_dir.path, parallel_clients)
     report("clients: " + ", ".join(f"{c} {name}" for c, name in enumerate(pool.behaviours))
-           + (" (one process each)" if parallel_clients else ""))
+           + (" (one process each)" if parallel_clients else "") + f"; aggregator {settings.aggregator}")
     train_seconds = 0.0
     stopping = False
     try:
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
-            images, metrics = federated_round(pool, server_round, images)
+            images, metrics = federated_round(pool, server_round, images, aggregate)
             train_seconds += metrics["round_seconds"]
             out_of_time = max_train_seconds is not None and train_seconds >= max_train_seconds
             stopping = out_of_time and server_round < settings.num_server_rounds

@@ -1,7 +1,8 @@
 """A federation of simulated clients in one machine, without Flower: each client runs the
 ClientApp's behaviour code with its seeds and keeps its state across rounds, one after the
-other or each in its own process; the server side FedAvgs their images. Used by
-`benchmarks/full_protocol.py` on machines without flwr/Ray. No Flower import.
+other or each in its own process; the server side FedAvgs their images (or applies the
+aggregator it is given). Used by `benchmarks/full_protocol.py` on machines without
+flwr/Ray. No Flower import.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import multiprocessing
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .aggregation import weighted_mean
 from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
 from .config import ConfigError, Settings
 from .node_data import load_node_split, request_for
+
+Aggregate = Callable[[int, list[np.ndarray], list[float]], np.ndarray]
 
 
 class SimulatedClient:
@@ -159,12 +164,16 @@ class ClientPool:
             channel.cancel_join_thread()  # the clients are gone: nothing left to deliver
 
 
-def federated_round(pool: ClientPool, server_round: int, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One SFDD round: every client's update (its behaviour), then size-weighted FedAvg."""
+def federated_round(
+    pool: ClientPool, server_round: int, images: torch.Tensor, aggregate: Aggregate | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One SFDD round: every client's update (its behaviour), then `aggregate` (default:
+    size-weighted FedAvg; `strategy.synthetic_set_aggregator` gives the robust rules)."""
     started = time.monotonic()
     replies = pool.round(server_round, images)
     weights = [reply["weight"] for reply in replies]
-    aggregated = weighted_mean([reply["images"] for reply in replies], weights)
+    arrays = [reply["images"] for reply in replies]
+    aggregated = weighted_mean(arrays, weights) if aggregate is None else aggregate(server_round, arrays, weights)
     seconds = [reply["seconds"] for reply in replies]
     metrics: dict[str, Any] = {
         "matching_loss": sum(r["matching_loss"] * w for r, w in zip(replies, weights)) / sum(weights),

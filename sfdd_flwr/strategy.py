@@ -12,7 +12,7 @@ from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
@@ -65,6 +65,44 @@ def robust_aggregator(settings: Settings) -> FedAvg | None:
             **common,
         )
     return None
+
+
+def aggregate_synthetic_sets(
+    settings: Settings, robust: FedAvg | None, server_round: int, arrays: list[np.ndarray], weights: list[float]
+) -> np.ndarray:
+    """The returned S_i combined by FedAvg (`robust` None) or by Flower's robust strategy."""
+    if robust is None:
+        return weighted_mean(arrays, weights)
+    needed = 2 * settings.krum_malicious + 3
+    if settings.aggregator in ("krum", "multi-krum") and len(arrays) < needed:
+        log(WARNING, "round %d: %s with krum-malicious=%d needs %d updates for its guarantee, got %d",
+            server_round, settings.aggregator, settings.krum_malicious, needed, len(arrays))
+    # Flower's robust strategies pop arrays out of the replies and insist on identical
+    # metric keys, so they get minimal replies: the images and num-examples only.
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(np.array(array, copy=True))}),
+                    METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight}),
+                }
+            ),
+            metadata=Metadata(
+                run_id=0, message_id=f"update-{index}", src_node_id=index + 1, dst_node_id=0,
+                reply_to_message_id="", group_id=str(server_round), created_at=0.0, ttl=0.0,
+                message_type=MessageType.TRAIN,
+            ),
+        )
+        for index, (array, weight) in enumerate(zip(arrays, weights))
+    ]
+    aggregated, _ = robust.aggregate_train(server_round, replies)
+    return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
+
+
+def synthetic_set_aggregator(settings: Settings) -> Callable[[int, list[np.ndarray], list[float]], np.ndarray]:
+    """`aggregate(server_round, arrays, weights)` for code that runs rounds without a Strategy."""
+    robust = robust_aggregator(settings)
+    return lambda server_round, arrays, weights: aggregate_synthetic_sets(settings, robust, server_round, arrays, weights)
 
 
 def replying_nodes(messages: Iterable[Message], replies: Iterable[Message]) -> list[int]:
@@ -224,28 +262,7 @@ class SFDDStrategy(FedAvg):
     def aggregate_images(self, server_round: int, accepted: list[Message], weights: list[float]) -> np.ndarray:
         """FedAvg (weighted by data size) or the configured robust rule over the images."""
         arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
-        if self.robust is None:
-            return weighted_mean(arrays, weights)
-        needed = 2 * self.settings.krum_malicious + 3
-        if self.settings.aggregator in ("krum", "multi-krum") and len(arrays) < needed:
-            log(WARNING, "round %d: %s with krum-malicious=%d needs %d updates for its guarantee, got %d",
-                server_round, self.settings.aggregator, self.settings.krum_malicious, needed, len(arrays))
-        # Flower's robust strategies pop arrays out of the replies and insist on identical
-        # metric keys, so they get stripped copies: the images and num-examples only.
-        stripped = [
-            Message(
-                content=RecordDict(
-                    {
-                        SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array.copy())}),
-                        METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight}),
-                    }
-                ),
-                metadata=reply.metadata,
-            )
-            for reply, array, weight in zip(accepted, arrays, weights)
-        ]
-        aggregated, _ = self.robust.aggregate_train(server_round, stripped)
-        return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
+        return aggregate_synthetic_sets(self.settings, self.robust, server_round, arrays, weights)
 
     def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
         """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""

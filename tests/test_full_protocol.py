@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,21 @@ def test_clients_in_their_own_processes_give_the_same_set(tiny_mnist_dir, tmp_pa
     assert torch.equal(load_synthetic_set(parallel["run_dir"]).images, load_synthetic_set(one_by_one["run_dir"]).images)
 
 
-def test_a_robust_aggregator_is_refused_with_the_reason(tiny_mnist_dir, tmp_path):
-    with pytest.raises(full_protocol.ConfigError, match="aggregator='median' is not allowed here"):
+def test_a_robust_aggregator_gives_the_flower_strategys_set(tiny_mnist_dir, tmp_path):
+    attack = {"ipc": 2, "min-clients": 3, "malicious-clients": "0", "malicious-behaviour": "doorping",
+              "doorping-trigger-steps": 3}
+    flower_images = flower_run(settings_for(tiny_mnist_dir, tmp_path, "flower", aggregator="median", **attack), clients=3)
+    median = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "median", aggregator="median", **attack),
+                               None, report=lambda _: None)
+    fedavg = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "fedavg", **attack), None, report=lambda _: None)
+    median_images = load_synthetic_set(median["run_dir"]).images
+    assert torch.allclose(median_images, flower_images, atol=1e-6, rtol=0)
+    assert not torch.allclose(median_images, load_synthetic_set(fedavg["run_dir"]).images, atol=1e-4, rtol=0)
+
+
+def test_a_robust_aggregator_without_flwr_is_refused_with_the_reason(tiny_mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sfdd_flwr.strategy", None)  # as on a machine without flwr
+    with pytest.raises(full_protocol.ConfigError, match="aggregator='median' needs flwr"):
         full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "median", aggregator="median"), None, report=lambda _: None)
 
 
