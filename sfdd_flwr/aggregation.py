@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+# aggregate(server_round, arrays, weights) -> the aggregated array: FedAvg or a robust rule.
+Aggregate = Callable[[int, list[np.ndarray], list[float]], np.ndarray]
 
 
 def update_problem(

@@ -11,19 +11,15 @@ import multiprocessing
 import queue
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .aggregation import weighted_mean
+from .aggregation import Aggregate, weighted_mean
 from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
 from .config import ConfigError, Settings
 from .node_data import load_node_split, request_for
-
-Aggregate = Callable[[int, list[np.ndarray], list[float]], np.ndarray]
 
 
 class SimulatedClient:

@@ -17,7 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
-from .aggregation import update_problem, weighted_mean
+from .aggregation import Aggregate, update_problem, weighted_mean
 from .config import Settings
 from .federated_eval import FederatedEvalResult, NodeEvaluation, combine_node_evaluations, evaluation_problem
 from .recorder import FederatedEvaluator, RunRecorder
@@ -99,7 +99,7 @@ def aggregate_synthetic_sets(
     return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
 
 
-def synthetic_set_aggregator(settings: Settings) -> Callable[[int, list[np.ndarray], list[float]], np.ndarray]:
+def synthetic_set_aggregator(settings: Settings) -> Aggregate:
     """`aggregate(server_round, arrays, weights)` for code that runs rounds without a Strategy."""
     robust = robust_aggregator(settings)
     return lambda server_round, arrays, weights: aggregate_synthetic_sets(settings, robust, server_round, arrays, weights)
