@@ -77,13 +77,13 @@ def aggregate_synthetic_sets(
     if settings.aggregator in ("krum", "multi-krum") and len(arrays) < needed:
         log(WARNING, "round %d: %s with krum-malicious=%d needs %d updates for its guarantee, got %d",
             server_round, settings.aggregator, settings.krum_malicious, needed, len(arrays))
-    # Flower's robust strategies pop arrays out of the replies and insist on identical
-    # metric keys, so they get minimal replies: the images and num-examples only.
+    # Flower's robust strategies insist on identical metric keys across replies, so they
+    # get minimal replies: the images (serialised by Array) and num-examples only.
     replies = [
         Message(
             RecordDict(
                 {
-                    SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(np.array(array, copy=True))}),
+                    SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array)}),
                     METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight}),
                 }
             ),
@@ -159,7 +159,7 @@ class SFDDStrategy(FedAvg):
         spec = settings.dataset_spec
         self.expected_shape = (spec.num_classes * settings.ipc, spec.channels, *spec.image_size)
         self.report = report or (lambda text: log(INFO, text))
-        self.robust = robust_aggregator(settings)
+        self.aggregate = synthetic_set_aggregator(settings)
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
         self.last_evaluation: FederatedEvalResult | None = None
@@ -262,7 +262,7 @@ class SFDDStrategy(FedAvg):
     def aggregate_images(self, server_round: int, accepted: list[Message], weights: list[float]) -> np.ndarray:
         """FedAvg (weighted by data size) or the configured robust rule over the images."""
         arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
-        return aggregate_synthetic_sets(self.settings, self.robust, server_round, arrays, weights)
+        return self.aggregate(server_round, arrays, weights)
 
     def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
         """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""
