@@ -4,6 +4,8 @@
     config.yaml                     resolved settings
     synthetic_set.pt                latest S (images, labels, metadata); rewritten atomically each round
     synthetic_set_round_XXXX.pt     S at each evaluated round
+    attack/trigger_client<id>.pt    latest trigger of each simulated backdoor client (if any)
+    attack/round_XXXX/              those triggers as they were at each evaluated round
     grid_round_XXXX.png             picture of S at each evaluated round (one row per class)
     metrics.jsonl                   one JSON object per round
     summary.json                    written when the run finishes
@@ -104,6 +106,20 @@ class RunDirectory:
             _atomic_write(copy, lambda p: torch.save(payload, p))
             return copy
         return self.file(SYNTHETIC_SET_FILE)
+
+    def keep_triggers(self, round_number: int) -> list[Path]:
+        """Copy the backdoor clients' current triggers to `attack/round_XXXX/`, next to that
+        round's set: the clients overwrite `attack/trigger_client<id>.pt` every round, and
+        scoring an evaluated set later (ASR, or the trigger's chance level on a clean set)
+        needs the trigger of that same round."""
+        live = sorted(self.file("attack").glob("trigger_client*.pt"))
+        kept = []
+        for source in live:
+            target = self.file(f"attack/round_{round_number:04d}/{source.name}")
+            data = source.read_bytes()
+            _atomic_write(target, lambda p: p.write_bytes(data))
+            kept.append(target)
+        return kept
 
     def load_latest(self) -> SavedSyntheticSet:
         return load_synthetic_set(self.file(SYNTHETIC_SET_FILE))

@@ -212,6 +212,8 @@ class RunRecorder:
         self.run_dir.save_synthetic_set(
             images, self.labels, self._metadata(round_number, record), keep_round_copy=evaluate_now
         )
+        if evaluate_now:
+            self.run_dir.keep_triggers(round_number)
         self.rounds_done_in_session += 1
         self.round_seconds_total += float(round_metrics.get("round_seconds", 0.0))
         remaining = self.settings.num_server_rounds - round_number

@@ -115,6 +115,8 @@ def test_backdoor_client_keeps_its_trigger_and_the_server_scores_it(tiny_mnist_d
     run_dir = recorder.run_dir.path
     saved = torch.load(run_dir / "attack" / "trigger_client1.pt", weights_only=True)
     assert saved["behaviour"] == behaviour and saved["round"] == 2 and saved["target"] == 0
+    kept = torch.load(run_dir / "attack" / "round_0002" / "trigger_client1.pt", weights_only=True)
+    assert torch.equal(kept["pattern"], saved["pattern"])  # the evaluated round's trigger is kept
     state = grid.contexts[101].state
     assert "behaviour-state" in state.array_records  # the trigger stays with the client
     assert "behaviour-state" not in grid.contexts[100].state.array_records

@@ -78,3 +78,23 @@ def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(t
     result = backdoor.score_with_trigger(copied, trigger, str(tiny_mnist_dir))
     assert len(result.accuracies) == 1 and len(result.attack_success) == 1
     assert 0.0 <= result.attack_success[0] <= 1.0
+
+
+def test_each_evaluated_round_keeps_the_trigger_it_was_scored_with(tiny_mnist_dir, tmp_path):
+    """Backdoor clients overwrite attack/trigger_client<id>.pt every round; the recorder keeps
+    a copy at each evaluated round only, so a later round does not change an earlier copy."""
+    base = {
+        "preset": "", "data-dir": str(tiny_mnist_dir), "output-dir": str(tmp_path / "out"), "run-name": "run",
+        "ipc": 1, "net-width": 8, "num-server-rounds": 4, "eval-every": 2,
+    }
+    recorder = RunRecorder(Settings.from_mapping(base), "test", None, lambda _: None)
+    images = recorder.start()
+    live = recorder.run_dir.path / "attack" / "trigger_client3.pt"
+    live.parent.mkdir()
+    for round_number in (1, 2, 3):
+        torch.save({"round": round_number}, live)
+        recorder.end_round(round_number, images, {})
+    rounds = sorted(p.name for p in (recorder.run_dir.path / "attack").glob("round_*"))
+    assert rounds == ["round_0002"]
+    kept = torch.load(recorder.run_dir.path / "attack" / "round_0002" / "trigger_client3.pt", weights_only=True)
+    assert kept == {"round": 2}
