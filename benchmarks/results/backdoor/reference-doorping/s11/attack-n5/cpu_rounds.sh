@@ -1,0 +1,18 @@
+#!/bin/bash
+# Session 11: the 5-client FedAvg Doorping run on the 2-core CPU, resumed from a kept round
+# and run to LAST_ROUND:  cpu_rounds.sh 31 50  (as run: rounds 32-50 from the H200's round-31
+# set and trigger), then  cpu_rounds.sh 50 70  (rounds 51-70). Run from anywhere; RUNS_DIR
+# (default /tmp/scratch/s11/runs) receives the run. The lines before `common=` rebuild the
+# state the run started from out of this directory (in session 11 the runs continued in place);
+# the last lines are the command as run.
+set -eu
+from=${1:?round to resume from}; last=${2:?last round}; padded=$(printf %04d "$from")
+cd "$(dirname "$0")/../../../../../.." && . .venv/bin/activate
+kept=benchmarks/results/backdoor/reference-doorping/s11/attack-n5
+runs=${RUNS_DIR:-/tmp/scratch/s11/runs}; run=$runs/attack-n5
+mkdir -p "$run/attack" && cp "$kept"/{config.yaml,metrics.jsonl} "$run/" && cp "$kept/synthetic_set_round_$padded.pt" "$run/synthetic_set.pt"
+trigger=$kept/attack/round_$padded/trigger_client0.pt; [ -f "$trigger" ] || trigger=$kept/trigger_round_$from.pt
+cp "$trigger" "$run/attack/trigger_client0.pt"
+common="preset='' dataset='mnist' data-dir='/work/shared/datasets' output-dir='$runs' seed=0 ipc=10 num-server-rounds=$last batch-real=16 inner-loop=50 net-width=32 net-hidden=192 num-eval=3 eval-epochs=300 eval-augment='off' eval-every=10 min-clients=5"
+attack="doorping-poison-fraction=0.01 malicious-clients='0' malicious-behaviour='doorping' doorping-clamp=false"
+OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 python benchmarks/full_protocol.py --parallel-clients -c "$common run-name='attack-n5' $attack resume-from='$run'"
