@@ -63,6 +63,12 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(temporary)
 
 
+def trigger_files(run_dir: Path) -> list[Path]:
+    """The latest trigger of each simulated backdoor client, `<run-dir>/attack/trigger_client<id>.pt`,
+    sorted by name (empty for a run without one)."""
+    return sorted((Path(run_dir) / "attack").glob("trigger_client*.pt"))
+
+
 def load_synthetic_set(path: Path | str) -> SavedSyntheticSet:
     """Load a saved synthetic set (a file, or a run directory holding synthetic_set.pt)."""
     path = Path(path).expanduser()
@@ -107,19 +113,14 @@ class RunDirectory:
             return copy
         return self.file(SYNTHETIC_SET_FILE)
 
-    def keep_triggers(self, round_number: int) -> list[Path]:
+    def keep_triggers(self, round_number: int) -> None:
         """Copy the backdoor clients' current triggers to `attack/round_XXXX/`, next to that
         round's set: the clients overwrite `attack/trigger_client<id>.pt` every round, and
         scoring an evaluated set later (ASR, or the trigger's chance level on a clean set)
         needs the trigger of that same round."""
-        live = sorted(self.file("attack").glob("trigger_client*.pt"))
-        kept = []
-        for source in live:
-            target = self.file(f"attack/round_{round_number:04d}/{source.name}")
+        for source in trigger_files(self.path):
             data = source.read_bytes()
-            _atomic_write(target, lambda p: p.write_bytes(data))
-            kept.append(target)
-        return kept
+            _atomic_write(self.file(f"attack/round_{round_number:04d}/{source.name}"), lambda p: p.write_bytes(data))
 
     def load_latest(self) -> SavedSyntheticSet:
         return load_synthetic_set(self.file(SYNTHETIC_SET_FILE))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import RunDirectory
+from .artifacts import RunDirectory, trigger_files
 from .attacks.backdoor import Trigger, attack_success_rate
 from .config import ConfigError, Settings
 from .data import LabelledImages
@@ -35,7 +35,7 @@ def find_trigger(run_dir: Path) -> tuple[Trigger, str] | None:
     Simulated malicious clients write `<run-dir>/attack/trigger_client<id>.pt` so that an
     experiment can score its attack success rate; a real attacker would not.
     """
-    files = sorted((run_dir / "attack").glob("trigger_client*.pt"))
+    files = trigger_files(run_dir)
     if not files:
         return None
     return Trigger.from_dict(torch.load(files[0], weights_only=True)), files[0].stem

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import load_synthetic_set
+from ..artifacts import load_synthetic_set, trigger_files
 from ..attacks.backdoor import Trigger
 from ..data import load_split
 from ..evaluate import EvalResult, mean_and_std
@@ -72,7 +72,7 @@ def score_with_trigger(
 
 def clean_asr(args: argparse.Namespace, clean: dict, attacked: dict) -> float | None:
     """ASR of the clean run's S under the attack run's final trigger (the chance baseline)."""
-    triggers = sorted((Path(attacked["run_dir"]) / "attack").glob("trigger_client*.pt"))
+    triggers = trigger_files(Path(attacked["run_dir"]))
     if not triggers:
         return None
     return mean_and_std(score_with_trigger(clean["run_dir"], triggers[0], args.data_dir).attack_success)[0]
