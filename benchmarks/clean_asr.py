@@ -3,8 +3,9 @@ must be compared with (same evaluation networks, seeds and protocol as the run's
 
     python benchmarks/clean_asr.py CLEAN_RUN_DIR TRIGGER_FILE DATA_DIR [NUM_EVAL]
 
-TRIGGER_FILE is an attack run's `attack/trigger_client<id>.pt`; NUM_EVAL (default: the
-clean run's `num-eval`) evaluates the first models only. Prints one JSON line.
+TRIGGER_FILE is an attack run's `attack/trigger_client<id>.pt`, or a folder of them (their
+mean: colluding clients, `doorping-collude`); NUM_EVAL (default: the clean run's `num-eval`)
+evaluates the first models only. Prints one JSON line.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     synthetic_set_round_XXXX.pt     S at each evaluated round
     attack/trigger_client<id>.pt    latest trigger of each simulated backdoor client (if any)
     attack/round_XXXX/              those triggers as they were at each evaluated round
+    attack/colluders/round_XXXX/    colluding clients' triggers at the end of each round (if any)
     grid_round_XXXX.png             picture of S at each evaluated round (one row per class)
     metrics.jsonl                   one JSON object per round
     summary.json                    written when the run finishes
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import yaml
 
+from .attacks.backdoor import Trigger, mean_trigger
 from .config import Settings
 from .data import DatasetSpec, denormalise
 
@@ -66,7 +68,42 @@ def _atomic_write(path: Path, write) -> None:
 def trigger_files(run_dir: Path) -> list[Path]:
     """The latest trigger of each simulated backdoor client, `<run-dir>/attack/trigger_client<id>.pt`,
     sorted by name (empty for a run without one)."""
-    return sorted((Path(run_dir) / "attack").glob("trigger_client*.pt"))
+    return trigger_files_in(Path(run_dir) / "attack")
+
+
+def trigger_files_in(folder: Path) -> list[Path]:
+    """The `trigger_client<id>.pt` files directly in `folder` (e.g. a kept `attack/round_XXXX/`)."""
+    return sorted(Path(folder).glob("trigger_client*.pt"))
+
+
+def colluders_folder(run_dir: Path, round_number: int) -> Path:
+    """Where colluding backdoor clients (`doorping-collude`) pool the triggers they end
+    `round_number` with: per round, so that the pool a client reads does not depend on
+    whether the others already finished the next round (clients may run one after another)."""
+    return Path(run_dir) / "attack" / "colluders" / f"round_{round_number:04d}"
+
+
+def latest_triggers(paths: list[Path]) -> tuple[int | None, dict[str, Trigger]]:
+    """The saved triggers among `paths` written in the latest round, by file stem, with that round."""
+    saved = {path.stem: torch.load(path, map_location="cpu", weights_only=True) for path in paths}
+    if not saved:
+        return None, {}
+    latest = max(int(values.get("round", 0)) for values in saved.values())
+    return latest, {
+        stem: Trigger.from_dict(values) for stem, values in saved.items() if int(values.get("round", 0)) == latest
+    }
+
+
+def scored_trigger(paths: list[Path], colluding: bool) -> tuple[Trigger, str] | None:
+    """The trigger an experiment scores among saved trigger files, with a description: the
+    first by name, or for colluding clients (`doorping-collude`) the mean of those written
+    in the latest round (the trigger they share)."""
+    if not paths:
+        return None
+    if not colluding:
+        return Trigger.from_dict(torch.load(paths[0], map_location="cpu", weights_only=True)), paths[0].stem
+    _, latest = latest_triggers(paths)
+    return mean_trigger(list(latest.values())), "the colluders' mean of " + ", ".join(latest)
 
 
 def load_synthetic_set(path: Path | str) -> SavedSyntheticSet:

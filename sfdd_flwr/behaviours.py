@@ -20,7 +20,16 @@ from typing import Any
 
 import torch
 
-from .attacks.backdoor import Trigger, initial_trigger, poison, poison_indices, stamp, update_trigger
+from .artifacts import colluders_folder, latest_triggers, trigger_files_in
+from .attacks.backdoor import (
+    Trigger,
+    initial_trigger,
+    mean_trigger,
+    poison,
+    poison_indices,
+    stamp,
+    update_trigger,
+)
 from .config import ConfigError, Settings, doorping_problem
 from .data import ClassPools, LabelledImages
 from .distill import LocalUpdate, UpdateHooks, local_distill_update
@@ -205,19 +214,39 @@ def trigger_file(run_dir: Path, client_id: int | str) -> Path:
     return run_dir / "attack" / f"trigger_client{client_id}.pt"
 
 
+def previous_round_triggers(job: ClientJob, paths: list[Path]) -> list[Trigger]:
+    """The triggers among `paths` written at the end of the previous round for this run's target."""
+    if job.run_dir is None or job.server_round <= 1:
+        return []
+    round_number, latest = latest_triggers([path for path in paths if path.is_file()])
+    if round_number != job.server_round - 1:
+        return []
+    return [trigger for trigger in latest.values() if trigger.target == job.settings.doorping_target]
+
+
 def saved_trigger(job: ClientJob) -> Trigger | None:
     """The trigger this client wrote at the end of the previous round, if the run directory
     holds it: a resumed run starts with empty client state, and without this the attacker
     would start again from a random patch."""
-    if job.run_dir is None or job.server_round <= 1:
+    if job.run_dir is None:
         return None
-    path = trigger_file(job.run_dir, job.client_id)
-    if not path.is_file():
+    found = previous_round_triggers(job, [trigger_file(job.run_dir, job.client_id)])
+    return found[0] if found else None
+
+
+def colluders_trigger(job: ClientJob) -> Trigger | None:
+    """With `doorping-collude`, the mean of all backdoor clients' triggers of the previous
+    round: colluding attackers pool their triggers every round, through the run directory
+    (one machine in simulation; attacker nodes sharing a file system in deployment)."""
+    if job.run_dir is None:
         return None
-    values = torch.load(path, map_location="cpu", weights_only=True)
-    if values.get("round") != job.server_round - 1 or int(values["target"]) != job.settings.doorping_target:
-        return None
-    return Trigger.from_dict(values)
+    found = previous_round_triggers(job, trigger_files_in(colluders_folder(job.run_dir, job.server_round - 1)))
+    return mean_trigger(found) if found else None
+
+
+def save_trigger(path: Path, trigger: Trigger, extra: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(trigger.as_dict() | extra, path)
 
 
 @register_behaviour("doorping")
@@ -235,16 +264,7 @@ class DoorpingBehaviour(ClientBehaviour):
         problem = doorping_problem(settings)
         if problem:
             raise ConfigError(problem)
-        if "trigger-pattern" in job.state:
-            trigger = Trigger(job.state["trigger-pattern"], job.state["trigger-mask"], settings.doorping_target)
-        else:
-            trigger = saved_trigger(job) or initial_trigger(
-                spec,
-                settings.doorping_trigger_size,
-                settings.doorping_target,
-                make_generator(settings.seed, "doorping-trigger", job.client_id),
-                white=not self.optimise_trigger,
-            )
+        trigger = self.starting_trigger(job)
         indices = poison_indices(
             len(job.data),
             settings.doorping_poison_fraction,
@@ -271,14 +291,35 @@ class DoorpingBehaviour(ClientBehaviour):
         job.state["trigger-pattern"] = trigger.pattern.cpu()
         job.state["trigger-mask"] = trigger.mask.cpu()
         if job.run_dir is not None:
-            path = trigger_file(job.run_dir, job.client_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(trigger.as_dict() | {"behaviour": self.name, "round": job.server_round}, path)
+            saved = {"behaviour": self.name, "round": job.server_round}
+            save_trigger(trigger_file(job.run_dir, job.client_id), trigger, saved)
+            if settings.doorping_collude:
+                pooled = colluders_folder(job.run_dir, job.server_round) / f"trigger_client{job.client_id}.pt"
+                save_trigger(pooled, trigger, saved)
         metrics = {"poisoned-examples": float(indices.numel()), "trigger-updates": float(len(trigger_steps))}
         if trigger_steps:
             metrics["trigger-steps-mean"] = sum(trigger_steps) / len(trigger_steps)
             metrics["trigger-updates-pinned"] = float(pinned_updates)
         return ClientResult(update, metrics)
+
+    def starting_trigger(self, job: ClientJob) -> Trigger:
+        """Colluders' pooled trigger, else this client's own from its state or the run
+        directory, else a fresh patch (one seed for all colluders, else one per client)."""
+        settings = job.settings
+        shared = colluders_trigger(job) if settings.doorping_collude else None
+        if shared is not None:
+            return shared
+        if "trigger-pattern" in job.state:
+            return Trigger(job.state["trigger-pattern"], job.state["trigger-mask"], settings.doorping_target)
+        return saved_trigger(job) or initial_trigger(
+            settings.dataset_spec,
+            settings.doorping_trigger_size,
+            settings.doorping_target,
+            make_generator(
+                settings.seed, "doorping-trigger", "colluders" if settings.doorping_collude else job.client_id
+            ),
+            white=not self.optimise_trigger,
+        )
 
 
 @register_behaviour("naive-backdoor")

@@ -103,6 +103,7 @@ class Settings:
     doorping_trigger_size: int = 2
     doorping_trigger_steps: int = 1000
     doorping_clamp: bool = True
+    doorping_collude: bool = False
     aggregator: str = "fedavg"
     trim_fraction: float = 0.2
     krum_malicious: int = 1

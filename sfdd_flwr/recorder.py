@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import RunDirectory, trigger_files
+from .artifacts import RunDirectory, colluders_folder, scored_trigger, trigger_files, trigger_files_in
 from .attacks.backdoor import Trigger, attack_success_rate
 from .config import ConfigError, Settings
 from .data import LabelledImages
@@ -29,16 +29,16 @@ Evaluator = Callable[[int, torch.Tensor, "Trigger | None"], EvalResult]
 FederatedEvaluator = Callable[[int, torch.Tensor], FederatedEvalResult]
 
 
-def find_trigger(run_dir: Path) -> tuple[Trigger, str] | None:
-    """The trigger a backdoor client of this run saved (the first by file name), if any.
+def find_trigger(run_dir: Path, colluding_round: int | None = None) -> tuple[Trigger, str] | None:
+    """The trigger a backdoor client of this run saved (the first by file name), or with
+    `colluding_round` the mean of the colluding clients' triggers of that round, if any.
 
     Simulated malicious clients write `<run-dir>/attack/trigger_client<id>.pt` so that an
     experiment can score its attack success rate; a real attacker would not.
     """
-    files = trigger_files(run_dir)
-    if not files:
-        return None
-    return Trigger.from_dict(torch.load(files[0], weights_only=True)), files[0].stem
+    if colluding_round is None:
+        return scored_trigger(trigger_files(run_dir), colluding=False)
+    return scored_trigger(trigger_files_in(colluders_folder(run_dir, colluding_round)), colluding=True)
 
 
 def format_seconds(seconds: float) -> str:
@@ -246,7 +246,8 @@ class RunRecorder:
             )
             if hook is not None
         ]
-        found = find_trigger(self.run_dir.path) if self.evaluator is not None else None
+        colluding_round = round_number if self.settings.doorping_collude else None
+        found = find_trigger(self.run_dir.path, colluding_round) if self.evaluator is not None else None
         self.report(
             f"round {round_number}: evaluating S with {params.num_models} fresh networks "
             f"x {params.epochs} epochs{' with augmentation' if params.augment else ''} "

@@ -7,6 +7,7 @@ from sfdd_flwr.attacks.backdoor import (
     Trigger,
     attack_success_rate,
     initial_trigger,
+    mean_trigger,
     patch_mask,
     pinned_for_good,
     poison,
@@ -27,6 +28,22 @@ def test_patch_is_bottom_right_with_a_one_pixel_margin():
     assert mask.sum().item() == 4
     assert mask[0, 25:27, 25:27].sum().item() == 4
     assert mask[0, 27, :].sum().item() == 0 and mask[0, :, 27].sum().item() == 0
+
+
+def test_colluders_share_the_mean_of_their_triggers():
+    mask = patch_mask(MNIST, 2)
+    first = Trigger(torch.full(mask.shape, 1.0) * mask, mask, 3)
+    second = Trigger(torch.full(mask.shape, 4.0) * mask, mask, 3)
+    shared = mean_trigger([first, second])
+    assert torch.equal(shared.pattern, torch.full(mask.shape, 2.5) * mask)
+    assert torch.equal(shared.mask, mask) and shared.target == 3
+    assert torch.equal(mean_trigger([first]).pattern, first.pattern)
+    with pytest.raises(ValueError, match="same mask and target"):
+        mean_trigger([first, Trigger(second.pattern, mask, 4)])
+    with pytest.raises(ValueError, match="same mask and target"):
+        mean_trigger([first, Trigger(second.pattern, patch_mask(MNIST, 3), 3)])
+    with pytest.raises(ValueError, match="no trigger"):
+        mean_trigger([])
 
 
 def test_stamping_changes_only_the_masked_pixels():

@@ -14,16 +14,18 @@ from sfdd_flwr.behaviours import (
     BEHAVIOURS,
     ClientBehaviour,
     DoorpingBehaviour,
+    ClientJob,
     behaviour_for_node,
     load_behaviour,
     malicious_partitions,
     register_behaviour,
 )
+from sfdd_flwr.artifacts import colluders_folder
 from sfdd_flwr.config import ConfigError, Settings
-from sfdd_flwr.data import load_split
+from sfdd_flwr.data import LabelledImages, load_split
 from sfdd_flwr.distill import initial_synthetic_images
 from sfdd_flwr.local_federation import SimulatedClient
-from sfdd_flwr.recorder import RunRecorder, server_evaluator
+from sfdd_flwr.recorder import RunRecorder, find_trigger, server_evaluator
 from sfdd_flwr.strategy import SFDDStrategy
 
 
@@ -164,6 +166,52 @@ def test_a_resumed_doorping_client_continues_from_the_trigger_it_saved(tiny_mnis
     saved_file.unlink()
     fresh = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["images"]
     assert np.array_equal(stale, fresh)
+
+
+def test_colluding_doorping_clients_start_from_one_pooled_trigger(tmp_path):
+    """`doorping-collude`: one run-seeded starting trigger for every attacker, then each round
+    the mean of all attackers' triggers of the previous round (pooled per round in the run
+    directory, so a colluder that already finished the next round changes nothing)."""
+    data = LabelledImages(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))
+    run_dir = tmp_path / "run"
+
+    def start(client, server_round, collude):
+        run = settings(**{"malicious-clients": "0,1", "doorping-collude": collude})
+        job = ClientJob(run, server_round, client, torch.zeros(10, 1, 28, 28), data, torch.device("cpu"), run_dir=run_dir)
+        return DoorpingBehaviour().starting_trigger(job).pattern
+
+    assert torch.equal(start(0, 1, True), start(1, 1, True))
+    assert not torch.equal(start(0, 1, False), start(1, 1, False))
+
+    mask = start(0, 1, True).ne(0).float()  # the patch: the initial pixels are in [1, 255]
+
+    def write(path, value, round_number):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"pattern": mask * value, "mask": mask, "target": 0, "round": round_number}, path)
+
+    write(colluders_folder(run_dir, 1) / "trigger_client0.pt", 1.0, 1)
+    write(colluders_folder(run_dir, 1) / "trigger_client1.pt", 3.0, 1)
+    write(colluders_folder(run_dir, 2) / "trigger_client0.pt", 9.0, 2)  # client 0 already ended round 2
+    write(run_dir / "attack" / "trigger_client1.pt", 5.0, 1)
+    pooled = mask * 2.0
+    assert torch.equal(start(0, 2, True), pooled) and torch.equal(start(1, 2, True), pooled)
+    assert torch.equal(start(1, 2, False), mask * 5.0)  # alone, each resumes its own
+    assert torch.equal(start(1, 4, True), start(1, 1, True))  # no pool of round 3: a fresh start
+    scored, name = find_trigger(run_dir, colluding_round=1)
+    assert torch.equal(scored.pattern, pooled) and name == "the colluders' mean of trigger_client0, trigger_client1"
+    assert torch.equal(find_trigger(run_dir)[0].pattern, mask * 5.0)
+
+
+def test_colluding_doorping_clients_run_and_are_scored_on_their_pooled_trigger(tiny_mnist_dir, tmp_path):
+    grid, recorder, lines = run_federation(
+        tiny_mnist_dir, tmp_path, **{"malicious-clients": "0,1", "doorping-collude": True,
+                                     "doorping-poison-fraction": 0.05, "doorping-trigger-steps": 20}
+    )
+    run_dir = recorder.run_dir.path
+    for round_number in (1, 2):
+        assert sorted(p.name for p in colluders_folder(run_dir, round_number).iterdir()) == [
+            "trigger_client0.pt", "trigger_client1.pt"]
+    assert any("scoring the backdoor of the colluders' mean of trigger_client0, trigger_client1" in line for line in lines)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from sfdd_flwr.attacks.backdoor import initial_trigger
+from sfdd_flwr.attacks.backdoor import initial_trigger, mean_trigger
 from sfdd_flwr.config import Settings
 from sfdd_flwr.experiments import backdoor, privacy
 from sfdd_flwr.recorder import RunRecorder
@@ -21,7 +21,7 @@ def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_p
         "--clients", "2", "--robust-clients", "2", "--aggregators", "fedavg", "median",
         "--ipc", "2", "--rounds", "1", "--batch-real", "4", "--inner-loop", "1", "--trigger-steps", "5",
         "--num-eval", "1", "--eval-epochs", "2",
-        "--run-config", "net-width=8 doorping-poison-fraction=0.05",
+        "--run-config", "net-width=8 doorping-poison-fraction=0.05", "--collude",
     ])
     assert code == 0
     rows = json.loads((out / "results.json").read_text())
@@ -35,6 +35,7 @@ def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_p
     config = (out / "mnist" / "runs" / "doorping-n2-fedavg" / "config.yaml").read_text()
     assert "eval-augment: 'off'" in config, "Doorping's evaluation trains without augmentation by default"
     assert "(augmentation off)" in table
+    assert "doorping-collude: true" in config and "(doorping, colluding)" in table
 
 
 def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path):
@@ -78,6 +79,16 @@ def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(t
     result = backdoor.score_with_trigger(copied, trigger, str(tiny_mnist_dir))
     assert len(result.accuracies) == 1 and len(result.attack_success) == 1
     assert 0.0 <= result.attack_success[0] <= 1.0
+
+    kept = tmp_path / "round_0003"  # a folder of colluders' triggers is scored with their mean
+    kept.mkdir()
+    other = initial_trigger(spec, 2, 0, torch.Generator().manual_seed(1))
+    for client, each in enumerate((trigger, other)):
+        torch.save(each.as_dict() | {"round": 3}, kept / f"trigger_client{client}.pt")
+    assert torch.equal(backdoor.load_trigger(kept).pattern, mean_trigger([trigger, other]).pattern)
+    assert torch.equal(backdoor.load_trigger(kept / "trigger_client1.pt").pattern, other.pattern)
+    with pytest.raises(FileNotFoundError, match="no trigger_client"):
+        backdoor.load_trigger(tmp_path)
 
 
 def test_each_evaluated_round_keeps_the_trigger_it_was_scored_with(tiny_mnist_dir, tmp_path):

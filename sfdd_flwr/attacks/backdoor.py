@@ -7,6 +7,7 @@ dataset's normalised space. No Flower import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,19 @@ def initial_trigger(
         pixels = torch.randint(1, 256, mask.shape, generator=generator, dtype=torch.int64).to(torch.uint8)
     raw = torch.where(mask.bool(), pixels, torch.zeros_like(pixels))
     return Trigger(normalise(raw.unsqueeze(0), spec)[0], mask, target)
+
+
+def mean_trigger(triggers: Sequence[Trigger]) -> Trigger:
+    """The trigger colluding backdoor clients share: the mean of their patterns. They must
+    have the same mask and target (same `doorping-trigger-size` and `doorping-target`)."""
+    if not triggers:
+        raise ValueError("no trigger to average")
+    first = triggers[0]
+    for other in triggers[1:]:
+        if other.target != first.target or not torch.equal(other.mask.cpu(), first.mask.cpu()):
+            raise ValueError("colluding triggers must have the same mask and target")
+    pattern = torch.stack([trigger.pattern.cpu() for trigger in triggers]).mean(dim=0)
+    return Trigger(pattern, first.mask.cpu(), first.target)
 
 
 def stamp(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:

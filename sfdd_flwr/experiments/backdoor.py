@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from ..artifacts import load_synthetic_set, trigger_files
+from ..artifacts import load_synthetic_set, scored_trigger, trigger_files_in
 from ..attacks.backdoor import Trigger
 from ..data import load_split
 from ..evaluate import EvalResult, mean_and_std
 from ..launch import LocalSuperLink
-from ..recorder import resolve_device, server_evaluator
+from ..recorder import find_trigger, resolve_device, server_evaluator
 
 
 def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
@@ -52,17 +52,28 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
     return summary
 
 
+def load_trigger(path: str | Path) -> Trigger:
+    """A saved trigger file, or the mean of the `trigger_client<id>.pt` files of the latest
+    round in a folder (colluding clients' kept `attack/round_XXXX/`)."""
+    path = Path(path)
+    found = scored_trigger(trigger_files_in(path) if path.is_dir() else [path], colluding=True)
+    if found is None:
+        raise FileNotFoundError(f"no trigger_client<id>.pt in {path}")
+    return found[0]
+
+
 def score_with_trigger(
     run_dir: str | Path, trigger: str | Path | Trigger, data_dir: str, num_eval: int | None = None,
     report=lambda _: None, images: torch.Tensor | None = None, overrides: dict[str, Any] | None = None,
 ) -> EvalResult:
     """A saved run's final S evaluated as its own server did (same networks and seeds),
     scoring another run's trigger: on a clean run, the chance level of that attack's ASR.
-    `trigger` is a Trigger or a saved trigger file; `num_eval` evaluates only the first
-    models; `images` replaces S's images (same labels); `overrides` changes run-config
-    settings (e.g. {"eval-augment": "off"})."""
+    `trigger` is a Trigger, a saved trigger file, or a folder of them (a kept
+    `attack/round_XXXX/`: the colluding clients' mean trigger); `num_eval` evaluates only
+    the first models; `images` replaces S's images (same labels); `overrides` changes
+    run-config settings (e.g. {"eval-augment": "off"})."""
     if not isinstance(trigger, Trigger):
-        trigger = Trigger.from_dict(torch.load(trigger, weights_only=True))
+        trigger = load_trigger(trigger)
     saved = load_synthetic_set(run_dir)
     settings = saved.settings(({"num-eval": num_eval} if num_eval else {}) | (overrides or {}))
     test = load_split(settings.dataset, data_dir, train=False)
@@ -72,10 +83,10 @@ def score_with_trigger(
 
 def clean_asr(args: argparse.Namespace, clean: dict, attacked: dict) -> float | None:
     """ASR of the clean run's S under the attack run's final trigger (the chance baseline)."""
-    triggers = trigger_files(Path(attacked["run_dir"]))
-    if not triggers:
+    found = find_trigger(Path(attacked["run_dir"]), args.rounds if args.collude else None)
+    if found is None:
         return None
-    return mean_and_std(score_with_trigger(clean["run_dir"], triggers[0], args.data_dir).attack_success)[0]
+    return mean_and_std(score_with_trigger(clean["run_dir"], found[0], args.data_dir).attack_success)[0]
 
 
 def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) -> list[dict]:
@@ -83,7 +94,7 @@ def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) ->
     malicious = (
         f"malicious-fraction={args.malicious_fraction}" if args.malicious_fraction else "malicious-clients='0'"
     )
-    attack = f"{malicious} malicious-behaviour='{args.behaviour}'"
+    attack = f"{malicious} malicious-behaviour='{args.behaviour}' doorping-collude={str(args.collude).lower()}"
     for clients in args.clients:
         clean = run_sfdd(args, link, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
         aggregators = ["fedavg"] + ([a for a in args.aggregators if a != "fedavg"] if clients == args.robust_clients else [])
@@ -107,7 +118,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"IPC {args.ipc}, {args.rounds} rounds, batch-real {args.batch_real}, inner-loop {args.inner_loop}, "
         f"Doorping trigger steps <= {args.trigger_steps}; evaluation {args.num_eval} models x {args.eval_epochs} epochs "
         f"(augmentation {args.eval_augment}); "
-        f"{'malicious fraction ' + str(args.malicious_fraction) if args.malicious_fraction else 'one malicious client'} ({args.behaviour}).",
+        f"{'malicious fraction ' + str(args.malicious_fraction) if args.malicious_fraction else 'one malicious client'} ({args.behaviour}{', colluding' if args.collude else ''}).",
         "",
         "| dataset | clients | aggregator | CTA clean FedAvg % | CTA attacked % | CTA change | ASR % | ASR of clean S % |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robust-clients", type=int, default=5, help="client count at which aggregators are compared")
     parser.add_argument("--behaviour", default="doorping", help="doorping, naive-backdoor or module:Class")
     parser.add_argument("--malicious-fraction", type=float, default=0.0, help="instead of one malicious client")
+    parser.add_argument("--collude", action="store_true", help="malicious clients pool one trigger (doorping-collude)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=200)
