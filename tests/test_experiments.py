@@ -80,9 +80,14 @@ def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(t
     assert len(result.accuracies) == 1 and len(result.attack_success) == 1
     assert 0.0 <= result.attack_success[0] <= 1.0
 
-    kept = tmp_path / "round_0003"  # a folder of colluders' triggers is scored with their mean
-    kept.mkdir()
+
+def test_a_folder_of_triggers_is_scored_with_their_mean(tmp_path):
+    """Colluding clients' pool (`attack/colluders/round_XXXX/`) stands for their mean trigger."""
+    spec = Settings.from_mapping({"preset": ""}).dataset_spec
+    trigger = initial_trigger(spec, 2, 0, torch.Generator().manual_seed(0))
     other = initial_trigger(spec, 2, 0, torch.Generator().manual_seed(1))
+    kept = tmp_path / "round_0003"
+    kept.mkdir()
     for client, each in enumerate((trigger, other)):
         torch.save(each.as_dict() | {"round": 3}, kept / f"trigger_client{client}.pt")
     assert torch.equal(backdoor.load_trigger(kept).pattern, mean_trigger([trigger, other]).pattern)

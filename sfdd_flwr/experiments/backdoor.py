@@ -54,7 +54,7 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
 
 def load_trigger(path: str | Path) -> Trigger:
     """A saved trigger file, or the mean of the `trigger_client<id>.pt` files of the latest
-    round in a folder (colluding clients' kept `attack/round_XXXX/`)."""
+    round in a folder (e.g. colluding clients' pool `attack/colluders/round_XXXX/`)."""
     path = Path(path)
     found = scored_trigger(trigger_files_in(path) if path.is_dir() else [path], colluding=True)
     if found is None:
@@ -68,8 +68,8 @@ def score_with_trigger(
 ) -> EvalResult:
     """A saved run's final S evaluated as its own server did (same networks and seeds),
     scoring another run's trigger: on a clean run, the chance level of that attack's ASR.
-    `trigger` is a Trigger, a saved trigger file, or a folder of them (a kept
-    `attack/round_XXXX/`: the colluding clients' mean trigger); `num_eval` evaluates only
+    `trigger` is a Trigger, a saved trigger file, or a folder of them (their mean, see
+    `load_trigger`: colluding clients' shared trigger); `num_eval` evaluates only
     the first models; `images` replaces S's images (same labels); `overrides` changes
     run-config settings (e.g. {"eval-augment": "off"})."""
     if not isinstance(trigger, Trigger):
