@@ -65,6 +65,12 @@ def _atomic_write(path: Path, write) -> None:
             os.remove(temporary)
 
 
+def save_trigger(path: Path, trigger: Trigger, extra: dict[str, Any]) -> None:
+    """Save a backdoor client's trigger (with e.g. its round) atomically: the next round, a
+    resumed run and the server's scoring all read it."""
+    _atomic_write(Path(path), lambda p: torch.save(trigger.as_dict() | extra, p))
+
+
 def trigger_files(run_dir: Path) -> list[Path]:
     """The latest trigger of each simulated backdoor client, `<run-dir>/attack/trigger_client<id>.pt`,
     sorted by name (empty for a run without one)."""

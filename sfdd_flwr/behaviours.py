@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import colluders_folder, latest_triggers, trigger_files_in
+from .artifacts import colluders_folder, latest_triggers, save_trigger, trigger_files_in
 from .attacks.backdoor import (
     Trigger,
     initial_trigger,
@@ -244,11 +244,6 @@ def colluders_trigger(job: ClientJob) -> Trigger | None:
     return mean_trigger(found) if found else None
 
 
-def save_trigger(path: Path, trigger: Trigger, extra: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(trigger.as_dict() | extra, path)
-
-
 @register_behaviour("doorping")
 class DoorpingBehaviour(ClientBehaviour):
     """Doorping (Liu et al. 2023): poison 1 % of the local data with a trigger relabelled to
@@ -291,11 +286,10 @@ class DoorpingBehaviour(ClientBehaviour):
         job.state["trigger-pattern"] = trigger.pattern.cpu()
         job.state["trigger-mask"] = trigger.mask.cpu()
         if job.run_dir is not None:
-            saved = {"behaviour": self.name, "round": job.server_round}
-            save_trigger(trigger_file(job.run_dir, job.client_id), trigger, saved)
+            saved, own = {"behaviour": self.name, "round": job.server_round}, trigger_file(job.run_dir, job.client_id)
+            save_trigger(own, trigger, saved)
             if settings.doorping_collude:
-                pooled = colluders_folder(job.run_dir, job.server_round) / f"trigger_client{job.client_id}.pt"
-                save_trigger(pooled, trigger, saved)
+                save_trigger(colluders_folder(job.run_dir, job.server_round) / own.name, trigger, saved)
         metrics = {"poisoned-examples": float(indices.numel()), "trigger-updates": float(len(trigger_steps))}
         if trigger_steps:
             metrics["trigger-steps-mean"] = sum(trigger_steps) / len(trigger_steps)
