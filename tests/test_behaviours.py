@@ -10,17 +10,17 @@ import torch
 
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
+from sfdd_flwr.artifacts import colluders_folder
 from sfdd_flwr.behaviours import (
     BEHAVIOURS,
     ClientBehaviour,
-    DoorpingBehaviour,
     ClientJob,
+    DoorpingBehaviour,
     behaviour_for_node,
     load_behaviour,
     malicious_partitions,
     register_behaviour,
 )
-from sfdd_flwr.artifacts import colluders_folder
 from sfdd_flwr.config import ConfigError, Settings
 from sfdd_flwr.data import LabelledImages, load_split
 from sfdd_flwr.distill import initial_synthetic_images
