@@ -71,6 +71,11 @@ def save_trigger(path: Path, trigger: Trigger, extra: dict[str, Any]) -> None:
     _atomic_write(Path(path), lambda p: torch.save(trigger.as_dict() | extra, p))
 
 
+def trigger_file(run_dir: Path, client_id: int | str) -> Path:
+    """Where a backdoor client writes its trigger after every round (for scoring and resume)."""
+    return Path(run_dir) / "attack" / f"trigger_client{client_id}.pt"
+
+
 def trigger_files(run_dir: Path) -> list[Path]:
     """The latest trigger of each simulated backdoor client, `<run-dir>/attack/trigger_client<id>.pt`,
     sorted by name (empty for a run without one)."""
@@ -79,7 +84,7 @@ def trigger_files(run_dir: Path) -> list[Path]:
 
 def trigger_files_in(folder: Path) -> list[Path]:
     """The `trigger_client<id>.pt` files directly in `folder` (e.g. a kept `attack/round_XXXX/`)."""
-    return sorted(Path(folder).glob("trigger_client*.pt"))
+    return sorted(Path(folder).glob(trigger_file(Path(), "*").name))
 
 
 def colluders_folder(run_dir: Path, round_number: int) -> Path:

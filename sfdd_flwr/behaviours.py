@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .artifacts import colluders_folder, latest_triggers, save_trigger, trigger_files_in
+from .artifacts import colluders_folder, latest_triggers, save_trigger, trigger_file, trigger_files_in
 from .attacks.backdoor import (
     Trigger,
     initial_trigger,
@@ -207,11 +207,6 @@ def behaviour_for_node(settings: Settings, node_config: Mapping[str, Any]) -> st
         if int(node_config["partition-id"]) in malicious:
             return settings.malicious_behaviour
     return "honest"
-
-
-def trigger_file(run_dir: Path, client_id: int | str) -> Path:
-    """Where a backdoor client writes its trigger after every round (for scoring and resume)."""
-    return run_dir / "attack" / f"trigger_client{client_id}.pt"
 
 
 def previous_round_triggers(job: ClientJob, paths: list[Path]) -> list[Trigger]:
