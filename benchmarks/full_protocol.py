@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,17 @@ from sfdd_flwr.recorder import RunRecorder, resolve_device, server_evaluator  # 
 
 
 def run(settings: Settings, max_train_seconds: float | None, report=print, parallel_clients: bool = False) -> dict[str, Any]:
-    aggregate = None
+    aggregate = kept = None
     if settings.aggregator != "fedavg":
         try:
-            from sfdd_flwr.strategy import synthetic_set_aggregator
+            from sfdd_flwr.strategy import kept_updates, synthetic_set_aggregator
         except ImportError as error:
             raise ConfigError(
                 f"aggregator={settings.aggregator!r} needs flwr (Flower's robust strategies), "
                 f"which cannot be imported here ({error}); fedavg runs without it"
             ) from error
         aggregate = synthetic_set_aggregator(settings)
+        kept = partial(kept_updates, settings)
     device = resolve_device(settings.device)
     report(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     test_set = whole_split(settings.task, train=False) if settings.num_eval else None
@@ -65,7 +67,7 @@ def run(settings: Settings, max_train_seconds: float | None, report=print, paral
     stopping = False
     try:
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
-            images, metrics = federated_round(pool, server_round, images, aggregate)
+            images, metrics = federated_round(pool, server_round, images, aggregate, kept)
             train_seconds += metrics["round_seconds"]
             out_of_time = max_train_seconds is not None and train_seconds >= max_train_seconds
             stopping = out_of_time and server_round < settings.num_server_rounds

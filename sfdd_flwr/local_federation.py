@@ -11,9 +11,11 @@ import multiprocessing
 import queue
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .aggregation import Aggregate, weighted_mean
@@ -161,10 +163,18 @@ class ClientPool:
 
 
 def federated_round(
-    pool: ClientPool, server_round: int, images: torch.Tensor, aggregate: Aggregate | None = None
+    pool: ClientPool,
+    server_round: int,
+    images: torch.Tensor,
+    aggregate: Aggregate | None = None,
+    kept_updates: Callable[[list[np.ndarray]], list[int] | None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """One SFDD round: every client's update (its behaviour), then `aggregate` (default:
-    size-weighted FedAvg; `strategy.synthetic_set_aggregator` gives the robust rules)."""
+    size-weighted FedAvg; `strategy.synthetic_set_aggregator` gives the robust rules).
+
+    `kept_updates` (e.g. `strategy.kept_updates` for Krum) names the clients whose S_i the
+    rule averaged; they are recorded as `aggregator_kept`.
+    """
     started = time.monotonic()
     replies = pool.round(server_round, images)
     weights = [reply["weight"] for reply in replies]
@@ -180,4 +190,7 @@ def federated_round(
     for client, reply in enumerate(replies):
         for key, value in reply["metrics"].items():
             metrics[f"client{client}_{key}"] = value
+    kept = kept_updates(arrays) if kept_updates is not None else None
+    if kept is not None:
+        metrics["aggregator_kept"] = kept
     return torch.from_numpy(aggregated), metrics

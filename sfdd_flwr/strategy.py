@@ -16,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from .aggregation import Aggregate, update_problem, weighted_mean
 from .config import Settings
@@ -99,6 +100,24 @@ def aggregate_synthetic_sets(
     return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
 
 
+def kept_updates(settings: Settings, arrays: list[np.ndarray]) -> list[int] | None:
+    """Indices of the S_i that Krum or multi-Krum averages this round; None for the rules
+    that use every update.
+
+    Flower's strategies do not say whom they kept, so this runs their selection
+    (`select_multikrum`, deterministic) on the same arrays.
+    """
+    if settings.aggregator not in ("krum", "multi-krum"):
+        return None
+    contents = [RecordDict({SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array)})}) for array in arrays]
+    chosen = select_multikrum(
+        contents,
+        num_malicious_nodes=settings.krum_malicious,
+        num_nodes_to_select=1 if settings.aggregator == "krum" else settings.multi_krum_select,
+    )
+    return [index for index, content in enumerate(contents) if any(content is kept for kept in chosen)]
+
+
 def synthetic_set_aggregator(settings: Settings) -> Aggregate:
     """`aggregate(server_round, arrays, weights)` for code that runs rounds without a Strategy."""
     robust = robust_aggregator(settings)
@@ -162,6 +181,8 @@ class SFDDStrategy(FedAvg):
         self.aggregate = synthetic_set_aggregator(settings)
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
+        # Nodes whose S_i (multi-)Krum averaged in the last round; None for the other rules.
+        self.last_round_kept: list[int] | None = None
         self.last_evaluation: FederatedEvalResult | None = None
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -233,7 +254,9 @@ class SFDDStrategy(FedAvg):
         weights = [
             float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted
         ]
-        images = self.aggregate_images(server_round, accepted, weights)
+        arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
+        images = self.aggregate(server_round, arrays, weights)
+        kept = kept_updates(self.settings, arrays)
         client_metrics = [reply.content.metric_records[METRICS_KEY] for reply in accepted]
         seconds = [float(m.get("local-update-seconds", 0.0)) for m in client_metrics]
         losses = [float(m.get("matching-loss", float("nan"))) for m in client_metrics]
@@ -257,12 +280,12 @@ class SFDDStrategy(FedAvg):
             }
             for reply, metric in zip(accepted, client_metrics)
         ]
+        self.last_round_kept = None
+        if kept is not None:
+            self.last_round_kept = [accepted[index].metadata.src_node_id for index in kept]
+            log(INFO, "round %d: %s kept the updates of node(s) %s of %d",
+                server_round, self.settings.aggregator, ", ".join(map(str, self.last_round_kept)), len(accepted))
         return images_record(images), metrics
-
-    def aggregate_images(self, server_round: int, accepted: list[Message], weights: list[float]) -> np.ndarray:
-        """FedAvg (weighted by data size) or the configured robust rule over the images."""
-        arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
-        return self.aggregate(server_round, arrays, weights)
 
     def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
         """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""
@@ -311,6 +334,7 @@ class SFDDStrategy(FedAvg):
                         "local_dp_delta": float(metrics["local-dp-delta"])}
                        if "local-dp-epsilon" in metrics else {}),
                     "clients": self.last_round_clients,
+                    **({"aggregator_kept": self.last_round_kept} if self.last_round_kept is not None else {}),
                 },
             )
         return images

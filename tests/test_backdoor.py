@@ -195,10 +195,10 @@ def test_pinned_needs_every_patch_pixel_on_a_bound_pushed_outward():
     assert not pinned_for_good(inside, outward, outward, mask, low, high)
 
 
-def _message(images, weight=100):
+def _message(images, weight=100, node=1):
     from flwr.app import Metadata
 
-    metadata = Metadata(run_id=1, message_id="m", src_node_id=1, dst_node_id=0, reply_to_message_id="x",
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
                         group_id="", created_at=0.0, ttl=60.0, message_type="train")
     content = RecordDict({"synthetic-set": ArrayRecord({"images": Array(images)}),
                           "metrics": MetricRecord({"num-examples": weight, "matching-loss": 1.0})})
@@ -206,12 +206,14 @@ def _message(images, weight=100):
 
 
 @pytest.mark.parametrize(
-    ("aggregator", "expected"),
-    [("median", 3.0), ("trimmed-mean", 9.5 / 3), ("krum", 2.0), ("multi-krum", 2.5), ("fedavg", 22.1)],
+    ("aggregator", "expected", "kept_nodes"),
+    [("median", 3.0, None), ("trimmed-mean", 9.5 / 3, None), ("krum", 2.0, [12]), ("multi-krum", 2.5, [12, 13]),
+     ("fedavg", 22.1, None)],
 )
-def test_robust_aggregators_on_known_inputs(aggregator, expected, tmp_path):
-    """Five updates: 1, 2, 3, 4.5 and an outlier 100 (a poisoned client). Krum scores each
-    by its squared distances to its n - f - 2 = 2 nearest: 2 scores lowest, then 3."""
+def test_robust_aggregators_on_known_inputs(aggregator, expected, kept_nodes, tmp_path):
+    """Five updates: 1, 2, 3, 4.5 and an outlier 100 (a poisoned client), from nodes 11-15.
+    Krum scores each by its squared distances to its n - f - 2 = 2 nearest: 2 scores
+    lowest, then 3; the strategy names the nodes it kept."""
     from sfdd_flwr.config import Settings
     from sfdd_flwr.strategy import SFDDStrategy
 
@@ -219,9 +221,10 @@ def test_robust_aggregators_on_known_inputs(aggregator, expected, tmp_path):
                                       "krum-malicious": 1, "multi-krum-select": 2})
     strategy = SFDDStrategy(settings, report=lambda text: None)
     values = [1.0, 2.0, 3.0, 4.5, 100.0]
-    replies = [_message(np.full((10, 1, 28, 28), v, np.float32)) for v in values]
+    replies = [_message(np.full((10, 1, 28, 28), v, np.float32), node=11 + i) for i, v in enumerate(values)]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert np.allclose(arrays["images"].numpy(), expected)
+    assert strategy.last_round_kept == kept_nodes
 
 
 def _load_oracle():

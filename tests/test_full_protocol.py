@@ -113,6 +113,27 @@ def test_a_robust_aggregator_gives_the_flower_strategys_set(tiny_mnist_dir, tmp_
     assert not torch.allclose(median_images, load_synthetic_set(fedavg["run_dir"]).images, atol=1e-4, rtol=0)
 
 
+def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_dir, tmp_path):
+    """Krum's selection is in each round's metrics: node ids from the Strategy, partition
+    ids in process, the same clients either way."""
+    attack = {"ipc": 2, "min-clients": 3, "malicious-clients": "0", "malicious-behaviour": "doorping",
+              "doorping-trigger-steps": 3, "aggregator": "multi-krum", "krum-malicious": 0, "multi-krum-select": 2}
+    settings = settings_for(tiny_mnist_dir, tmp_path, "flower", **attack)
+    recorder = RunRecorder(settings, "sfdd", None, lambda _: None)
+    grid = InProcessGrid({101 + c: client_app.app for c in range(3)},
+                         {101 + c: {"partition-id": c, "num-partitions": 3} for c in range(3)})
+    flower_images = SFDDStrategy(settings, report=lambda _: None).distill(grid, recorder)
+    summary = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "in-process", **attack), None, report=lambda _: None)
+    assert torch.allclose(load_synthetic_set(summary["run_dir"]).images, flower_images, atol=1e-6, rtol=0)
+
+    def kept(run_dir):
+        return [json.loads(line)["aggregator_kept"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+    in_process = kept(summary["run_dir"])
+    assert len(in_process) == 2 and all(len(clients) == 2 and set(clients) <= {0, 1, 2} for clients in in_process)
+    assert kept(recorder.run_dir.path) == [[101 + client for client in clients] for clients in in_process]
+
+
 def test_a_robust_aggregator_without_flwr_is_refused_with_the_reason(tiny_mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sfdd_flwr.strategy", None)  # as on a machine without flwr
     with pytest.raises(full_protocol.ConfigError, match="aggregator='median' needs flwr"):
