@@ -17,6 +17,10 @@ applies Flower's robust strategy as the Strategy does, so it needs flwr installe
 `--max-train-seconds` stops after the round that crosses the budget and evaluates that
 S with the run's protocol, so a lease too short for 1000 rounds still yields an honest
 accuracy at a known round count; the summary says how many rounds ran.
+`--exclude-malicious-updates` is a control experiment: the malicious clients still run
+every round (they receive S, poison, optimise their trigger), but only the honest
+clients' S_i are aggregated, so any backdoor left is not carried by the attackers'
+updates, and no aggregation rule over the S_i could remove it.
 `--parallel-clients` runs each client in its own process (one GPU shared), with the
 same results as one after the other (bit-identical on CPU; nondeterministic GPU kernels
 can make runs differ slightly either way).
@@ -31,10 +35,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sfdd_flwr.aggregation import Aggregate, KeptUpdates, weighted_mean  # noqa: E402
 from sfdd_flwr.centralized import settings_from_run_configs  # noqa: E402
 from sfdd_flwr.config import ConfigError, Settings  # noqa: E402
 from sfdd_flwr.local_federation import ClientPool, federated_round  # noqa: E402
@@ -42,7 +48,27 @@ from sfdd_flwr.node_data import whole_split  # noqa: E402
 from sfdd_flwr.recorder import RunRecorder, resolve_device, server_evaluator  # noqa: E402
 
 
-def run(settings: Settings, max_train_seconds: float | None, report=print, parallel_clients: bool = False) -> dict[str, Any]:
+def without_malicious_updates(
+    behaviours: list[str], aggregate: Aggregate | None, kept: KeptUpdates | None
+) -> tuple[Aggregate, KeptUpdates]:
+    """`aggregate` (None: FedAvg) over the honest clients' S_i only, and the clients it kept."""
+    honest = [client for client, name in enumerate(behaviours) if name == "honest"]
+    if not honest:
+        raise ConfigError("--exclude-malicious-updates needs at least one honest client; every client is malicious")
+
+    def aggregate_honest(server_round: int, arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
+        arrays, weights = [arrays[c] for c in honest], [weights[c] for c in honest]
+        return weighted_mean(arrays, weights) if aggregate is None else aggregate(server_round, arrays, weights)
+
+    def kept_honest(arrays: list[np.ndarray]) -> list[int]:
+        chosen = kept([arrays[c] for c in honest]) if kept is not None else None
+        return honest if chosen is None else [honest[index] for index in chosen]
+
+    return aggregate_honest, kept_honest
+
+
+def run(settings: Settings, max_train_seconds: float | None, report=print, parallel_clients: bool = False,
+        exclude_malicious_updates: bool = False) -> dict[str, Any]:
     aggregate = kept = None
     if settings.aggregator != "fedavg":
         try:
@@ -62,10 +88,13 @@ def run(settings: Settings, max_train_seconds: float | None, report=print, paral
     images = recorder.start()
     pool = ClientPool(settings, device, recorder.run_dir.path, parallel_clients)
     report("clients: " + ", ".join(f"{c} {name}" for c, name in enumerate(pool.behaviours))
-           + (" (one process each)" if parallel_clients else "") + f"; aggregator {settings.aggregator}")
+           + (" (one process each)" if parallel_clients else "") + f"; aggregator {settings.aggregator}"
+           + (", over the honest clients' updates only" if exclude_malicious_updates else ""))
     train_seconds = 0.0
     stopping = False
     try:
+        if exclude_malicious_updates:
+            aggregate, kept = without_malicious_updates(pool.behaviours, aggregate, kept)
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
             images, metrics = federated_round(pool, server_round, images, aggregate, kept)
             train_seconds += metrics["round_seconds"]
@@ -79,7 +108,8 @@ def run(settings: Settings, max_train_seconds: float | None, report=print, paral
     finally:
         pool.close()
     extra: dict[str, Any] = {"train_seconds": round(train_seconds, 1), "device": str(device),
-                             "planned_rounds": settings.num_server_rounds, "behaviours": pool.behaviours}
+                             "planned_rounds": settings.num_server_rounds, "behaviours": pool.behaviours,
+                             "malicious_updates_excluded": exclude_malicious_updates}
     if stopping and recorder.last_evaluation:
         extra["stopped_early_accuracies"] = recorder.last_evaluation["accuracies"]
     return recorder.finish(extra)
@@ -93,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after the round that crosses this training time, then evaluate")
     parser.add_argument("--parallel-clients", action="store_true",
                         help="run each client in its own process (same maths, faster on a GPU)")
+    parser.add_argument("--exclude-malicious-updates", action="store_true",
+                        help="control: malicious clients run, but only honest clients' S_i are aggregated")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_run_configs(args.run_config)
-        summary = run(settings, args.max_train_seconds, lambda text: print(text, flush=True), args.parallel_clients)
+        summary = run(settings, args.max_train_seconds, lambda text: print(text, flush=True), args.parallel_clients,
+                      args.exclude_malicious_updates)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import numpy as np
 
 # aggregate(server_round, arrays, weights) -> the aggregated array: FedAvg or a robust rule.
 Aggregate = Callable[[int, list[np.ndarray], list[float]], np.ndarray]
+# kept_updates(arrays) -> indices of the arrays a rule averaged (e.g. Krum's pick); None: all.
+KeptUpdates = Callable[[list[np.ndarray]], list[int] | None]
 
 
 def update_problem(

@@ -11,14 +11,12 @@ import multiprocessing
 import queue
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .aggregation import Aggregate, weighted_mean
+from .aggregation import Aggregate, KeptUpdates, weighted_mean
 from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
 from .config import ConfigError, Settings
 from .node_data import load_node_split, request_for
@@ -167,7 +165,7 @@ def federated_round(
     server_round: int,
     images: torch.Tensor,
     aggregate: Aggregate | None = None,
-    kept_updates: Callable[[list[np.ndarray]], list[int] | None] | None = None,
+    kept_updates: KeptUpdates | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """One SFDD round: every client's update (its behaviour), then `aggregate` (default:
     size-weighted FedAvg; `strategy.synthetic_set_aggregator` gives the robust rules).

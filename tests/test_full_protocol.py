@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,34 @@ def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_
     in_process = kept(summary["run_dir"])
     assert len(in_process) == 2 and all(len(clients) == 2 and set(clients) <= {0, 1, 2} for clients in in_process)
     assert kept(recorder.run_dir.path) == [[101 + client for client in clients] for clients in in_process]
+
+
+def test_leaving_out_the_malicious_updates_aggregates_the_honest_ones_only():
+    behaviours = ["doorping", "honest", "honest"]
+    arrays = [np.full((2, 2), v, np.float32) for v in (100.0, 1.0, 4.0)]
+    weights = [1.0, 1.0, 3.0]
+    aggregate, kept = full_protocol.without_malicious_updates(behaviours, None, None)
+    assert np.allclose(aggregate(1, arrays, weights), (1.0 + 3 * 4.0) / 4) and kept(arrays) == [1, 2]
+
+    def first_of_the_rest(server_round, rest, rest_weights):
+        return rest[0]
+
+    aggregate, kept = full_protocol.without_malicious_updates(behaviours, first_of_the_rest, lambda rest: [1])
+    assert np.allclose(aggregate(1, arrays, weights), 1.0) and kept(arrays) == [2]
+    with pytest.raises(full_protocol.ConfigError, match="needs at least one honest client"):
+        full_protocol.without_malicious_updates(["doorping", "naive-backdoor"], None, None)
+
+
+def test_a_run_without_the_malicious_updates_records_the_honest_clients_as_kept(tiny_mnist_dir, tmp_path):
+    attack = {"ipc": 2, "malicious-clients": "0", "malicious-behaviour": "doorping", "doorping-trigger-steps": 3}
+    excluded = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "excluded", **attack), None,
+                                 report=lambda _: None, exclude_malicious_updates=True)
+    attacked = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "attacked", **attack), None, report=lambda _: None)
+    rows = [json.loads(line) for line in (Path(excluded["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [row["aggregator_kept"] for row in rows] == [[1], [1]] and excluded["malicious_updates_excluded"]
+    assert (Path(excluded["run_dir"]) / "attack" / "trigger_client0.pt").exists()  # the attacker did run
+    excluded_images = load_synthetic_set(excluded["run_dir"]).images
+    assert not torch.allclose(excluded_images, load_synthetic_set(attacked["run_dir"]).images, atol=1e-4, rtol=0)
 
 
 def test_a_robust_aggregator_without_flwr_is_refused_with_the_reason(tiny_mnist_dir, tmp_path, monkeypatch):
