@@ -115,7 +115,7 @@ def kept_updates(settings: Settings, arrays: list[np.ndarray]) -> list[int] | No
         num_malicious_nodes=settings.krum_malicious,
         num_nodes_to_select=1 if settings.aggregator == "krum" else settings.multi_krum_select,
     )
-    return [index for index, content in enumerate(contents) if any(content is kept for kept in chosen)]
+    return [index for index, content in enumerate(contents) if any(content is selected for selected in chosen)]
 
 
 def synthetic_set_aggregator(settings: Settings) -> Aggregate:
