@@ -15,7 +15,7 @@ from flwr.common.logger import log
 
 from .behaviours import ClientJob, behaviour_for_node, load_behaviour, private_seed
 from .config import ConfigError, Settings
-from .data import DataUnavailableError
+from .data import DataUnavailableError, PartitionRequest
 from .distill import synthetic_labels
 from .evaluate import evaluate_synthetic_set
 from .node_data import NodeDataError, NodeDataRequest, load_node_split, node_label, request_for
@@ -50,6 +50,15 @@ def settings_from(config: ConfigRecord) -> Settings:
 def node_data_request(settings: Settings, context: Context) -> NodeDataRequest:
     """Where this node's data is: its node config checked against the run's task."""
     return request_for(settings.task, dict(context.node_config), context.node_id)
+
+
+def partition_metric(request: NodeDataRequest) -> dict[str, int]:
+    """{"partition-id": id} on a partitioned dataset (none for a node's own image folder), so
+    the server's per-client metrics say which partition an update came from: experiments
+    use it to tell whether a robust aggregator kept a malicious partition's S_i."""
+    if isinstance(request.source, PartitionRequest):
+        return {"partition-id": request.source.partition_id}
+    return {}
 
 
 def replies_with_node_errors(
@@ -131,6 +140,7 @@ def train(message: Message, context: Context) -> Message:
             "matching-loss": result.update.matching_loss,
             "local-update-seconds": result.update.seconds,
             "matched-classes": result.update.matched_classes,
+            **partition_metric(request),
             **result.metrics,
         }
     )

@@ -47,6 +47,7 @@ def test_train_returns_an_updated_set_and_the_partition_size(tiny_mnist_dir):
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == 100
     assert metrics["matched-classes"] == 10 and metrics["matching-loss"] > 0
+    assert metrics["partition-id"] == 1  # experiments map the server's node ids to partitions
     assert list(reply.content.array_records) == ["synthetic-set"]  # the velocity stays local
     assert "synthetic-velocity" in ctx.state.array_records
 

@@ -30,6 +30,7 @@ def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_p
     assert 0.0 <= rows[0]["asr_clean"] <= 1.0
     table = (out / "backdoor_table.md").read_text()
     assert "| mnist | 2 | median |" in table
+    assert table.count("| all (no selection) |") == 2  # neither FedAvg nor the median selects updates
     assert (out / "backdoor.png").stat().st_size > 1000
     assert (out / "mnist" / "runs" / "doorping-n2-fedavg" / "attack" / "trigger_client0.pt").is_file()
     config = (out / "mnist" / "runs" / "doorping-n2-fedavg" / "config.yaml").read_text()
@@ -114,3 +115,22 @@ def test_each_evaluated_round_keeps_the_trigger_it_was_scored_with(tiny_mnist_di
     assert rounds == ["round_0002"]
     kept = torch.load(recorder.run_dir.path / "attack" / "round_0002" / "trigger_client3.pt", weights_only=True)
     assert kept == {"round": 2}
+
+
+def test_malicious_updates_kept_counts_rounds_with_an_attacker_among_the_kept():
+    def flower_row(round_number, kept, partitions):
+        return {"round": round_number, "aggregator_kept": kept,
+                "clients": [{"node": node, "partition_id": float(p)} for node, p in partitions.items()]}
+
+    nodes = {11: 0, 12: 1, 13: 2}
+    rows = [flower_row(1, [11, 12], nodes), flower_row(2, [12, 13], nodes), flower_row(3, [13], nodes)]
+    assert backdoor.malicious_updates_kept(rows, {0}) == (1, 3)
+    assert backdoor.malicious_updates_kept(rows, {2}) == (2, 3)
+    assert backdoor.malicious_updates_kept(rows, {0, 1}) == (2, 3)
+    assert backdoor.malicious_updates_kept(rows, set()) == (0, 3)
+    # in-process rows (benchmarks/full_protocol.py) already hold partition ids
+    assert backdoor.malicious_updates_kept([{"round": 1, "aggregator_kept": [0, 2]}, {"round": 2, "aggregator_kept": [1]}], {0}) == (1, 2)
+    assert backdoor.malicious_updates_kept([{"round": 1, "accuracy_mean": 0.9}], {0}) is None  # FedAvg, median: no selection
+    unmapped = [{"round": 1, "aggregator_kept": [11], "clients": [{"node": 11, "partition_id": 0.0}, {"node": 12}]}]
+    with pytest.raises(ValueError, match="round 1: a client reported no partition id"):
+        backdoor.malicious_updates_kept(unmapped, {0})

@@ -11,10 +11,11 @@ import torch
 
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
-from sfdd_flwr.artifacts import load_synthetic_set
+from sfdd_flwr.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.attacks.backdoor import initial_trigger
 from sfdd_flwr.config import Settings
 from sfdd_flwr.data import DATASETS
+from sfdd_flwr.experiments import backdoor
 from sfdd_flwr.recorder import RunRecorder
 from sfdd_flwr.seeding import make_generator
 from sfdd_flwr.strategy import SFDDStrategy
@@ -133,6 +134,11 @@ def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_
     in_process = kept(summary["run_dir"])
     assert len(in_process) == 2 and all(len(clients) == 2 and set(clients) <= {0, 1, 2} for clients in in_process)
     assert kept(recorder.run_dir.path) == [[101 + client for client in clients] for clients in in_process]
+    # the Flower rows name nodes, and their clients' partition ids map them back
+    for partition in range(3):
+        expected = (sum(partition in clients for clients in in_process), 2)
+        assert backdoor.malicious_updates_kept(RunDirectory(recorder.run_dir.path).read_metrics(), {partition}) == expected
+        assert backdoor.malicious_updates_kept(RunDirectory(summary["run_dir"]).read_metrics(), {partition}) == expected
 
 
 def test_leaving_out_the_malicious_updates_aggregates_the_honest_ones_only():

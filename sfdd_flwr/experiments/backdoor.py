@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from ..artifacts import load_synthetic_set, scored_trigger, trigger_files_in
+from ..artifacts import RunDirectory, load_synthetic_set, scored_trigger, trigger_files_in
 from ..attacks.backdoor import Trigger
+from ..behaviours import malicious_partitions
 from ..data import load_split
 from ..evaluate import EvalResult, mean_and_std
 from ..launch import LocalSuperLink
@@ -89,6 +90,26 @@ def clean_asr(args: argparse.Namespace, clean: dict, attacked: dict) -> float | 
     return mean_and_std(score_with_trigger(clean["run_dir"], found[0], args.data_dir).attack_success)[0]
 
 
+def malicious_updates_kept(metrics: list[dict[str, Any]], malicious: set[int]) -> tuple[int, int] | None:
+    """(rounds in which Krum / multi-Krum kept a malicious partition's S_i, rounds it chose in),
+    from a run's metrics rows; None if the aggregator chose no subset (FedAvg, median,
+    trimmed mean use every update). A Flower run records the kept node ids and, per client,
+    the node's partition id; in-process rows (`benchmarks/full_protocol.py`) hold partition ids."""
+    chosen = [row for row in metrics if "aggregator_kept" in row]
+    if not chosen:
+        return None
+    rounds_with_attacker = 0
+    for row in chosen:
+        partition_of = {client["node"]: int(client["partition_id"]) for client in row.get("clients", [])
+                        if "node" in client and "partition_id" in client}
+        if row.get("clients") and len(partition_of) != len(row["clients"]):
+            raise ValueError(f"round {row.get('round')}: a client reported no partition id; "
+                             "cannot tell whether a malicious update was kept")
+        kept = {partition_of[node] for node in row["aggregator_kept"]} if partition_of else set(row["aggregator_kept"])
+        rounds_with_attacker += bool(kept & malicious)
+    return rounds_with_attacker, len(chosen)
+
+
 def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) -> list[dict]:
     rows = []
     malicious = (
@@ -106,6 +127,13 @@ def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) ->
                 "cta_attacked": attacked["final_accuracy_mean"],
                 "asr": attacked.get("final_attack_success_mean"),
             }
+            run_dir = Path(attacked["run_dir"])
+            kept = malicious_updates_kept(
+                RunDirectory(run_dir).read_metrics(),
+                malicious_partitions(load_synthetic_set(run_dir).settings(), clients),
+            )
+            if kept is not None:
+                row["malicious_kept_rounds"], row["aggregator_chose_rounds"] = kept
             if aggregator == "fedavg" and not args.skip_clean_asr:
                 row["asr_clean"] = clean_asr(args, clean, attacked)
             rows.append(row)
@@ -120,15 +148,18 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"(augmentation {args.eval_augment}); "
         f"{'malicious fraction ' + str(args.malicious_fraction) if args.malicious_fraction else 'one malicious client'} ({args.behaviour}{', colluding' if args.collude else ''}).",
         "",
-        "| dataset | clients | aggregator | CTA clean FedAvg % | CTA attacked % | CTA change | ASR % | ASR of clean S % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset | clients | aggregator | CTA clean FedAvg % | CTA attacked % | CTA change | ASR % | ASR of clean S % "
+        "| rounds a malicious S_i was kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         asr_clean = row.get("asr_clean")
+        kept = (f"{row['malicious_kept_rounds']} of {row['aggregator_chose_rounds']}"
+                if "malicious_kept_rounds" in row else "all (no selection)")
         lines.append(
             f"| {row['dataset']} | {row['clients']} | {row['aggregator']} | {100 * row['cta_clean_fedavg']:.2f} | "
             f"{100 * row['cta_attacked']:.2f} | {100 * (row['cta_attacked'] - row['cta_clean_fedavg']):+.2f} | "
-            f"{100 * row['asr']:.2f} | {'-' if asr_clean is None else f'{100 * asr_clean:.2f}'} |"
+            f"{100 * row['asr']:.2f} | {'-' if asr_clean is None else f'{100 * asr_clean:.2f}'} | {kept} |"
         )
     return "\n".join(lines) + "\n"
 
