@@ -19,10 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sfdd_lab.launch import LocalSuperLink
 
-from sfdd_flwr.launch import LocalSuperLink  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def summary(run_dir: Path) -> dict:
@@ -72,7 +71,7 @@ def main() -> None:
                 extra = continuation(run_dir)
                 if extra is not None:
                     subprocess.run(
-                        [sys.executable, "-m", "sfdd_flwr.centralized", "--run-config",
+                        [sys.executable, "-m", "sfdd_lab.centralized", "--run-config",
                          f"{common} run-name='{run_dir.name}'{setting}{extra}"],
                         cwd=ROOT, check=True,
                     )

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sfdd_flwr.launch import LocalSuperLink  # noqa: E402
+from sfdd_lab.launch import LocalSuperLink
 
 
 def main() -> None:

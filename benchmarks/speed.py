@@ -17,13 +17,10 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sfdd_flwr.launch import LocalSuperLink  # noqa: E402
+from sfdd_lab.launch import LocalSuperLink
 
 
 def measure(data_dir: str, rounds: int, clients: int, num_cpus: float, workdir: Path, extra: str) -> dict:

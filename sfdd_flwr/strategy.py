@@ -1,127 +1,47 @@
-"""The SFDD server strategy: ship S, check and FedAvg the returned S_i, record rounds.
+"""The server strategy: ship the method's shared state, check and combine the returned
+states, record every round; federated evaluation of the labelled set on the nodes.
 
-Flower glue only: the maths lives in `aggregation.py`, the bookkeeping in `recorder.py`.
+Flower glue, method-agnostic: what the state is, how a reply is checked and how replies
+are combined is the method's (`methods/`); the bookkeeping is the recorder's (`runs/`).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
-from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.serverapp.strategy import FedAvg
 
-from .aggregation import Aggregate, update_problem, weighted_mean
-from .config import Settings
-from .federated_eval import FederatedEvalResult, NodeEvaluation, combine_node_evaluations, evaluation_problem
-from .recorder import FederatedEvaluator, RunRecorder
+from .aggregators.fedavg import weight_problem
+from .data.datasets import LabelledImages
+from .evaluation.federated import FederatedEvalResult, NodeEvaluation, combine_node_evaluations, evaluation_problem
+from .methods.base import State, SynthesisMethod, reduce_metrics
+from .protocol import (
+    ACCURACIES_KEY,
+    CONFIG_KEY,
+    LABELLED_SET_KEY,
+    METRICS_KEY,
+    NODE_KEY,
+    NUM_EXAMPLES_KEY,
+    SERVER_ROUND_KEY,
+    STATE_KEY,
+    labelled_record,
+    metrics_dict,
+    record_bytes,
+    record_state,
+    settings_config,
+    state_record,
+)
+from .runs.recorder import FederatedEvaluator, RunRecorder
 from .seeding import derive_seed
+from .settings import Settings
 
-SYNTHETIC_SET_KEY = "synthetic-set"
-IMAGES_KEY = "images"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-NUM_EXAMPLES_KEY = "num-examples"
-SERVER_ROUND_KEY = "server-round"
-RUN_DIR_KEY = "run-dir"
-ACCURACIES_KEY = "accuracies"
-NODE_KEY = "node"
-# Error code of a node whose data or settings do not fit the run (Flower's own are 0-8).
-NODE_DATA_ERROR_CODE = 100
-
-
-def images_record(images: torch.Tensor | np.ndarray) -> ArrayRecord:
-    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-    return ArrayRecord({IMAGES_KEY: Array(np.ascontiguousarray(array, dtype=np.float32))})
-
-
-def record_bytes(record: ArrayRecord | None) -> int:
-    return 0 if record is None else sum(len(array.data) for array in record.values())
-
-
-def robust_aggregator(settings: Settings) -> FedAvg | None:
-    """Flower's robust strategy for `aggregator`, used for its aggregation only (None = FedAvg).
-
-    Their `aggregate_train` works on replies holding one ArrayRecord and one MetricRecord
-    with `num-examples`, which is the shape of ours, so they are reused as they are.
-    """
-    common = {"arrayrecord_key": SYNTHETIC_SET_KEY, "configrecord_key": CONFIG_KEY}
-    if settings.aggregator == "median":
-        return FedMedian(**common)
-    if settings.aggregator == "trimmed-mean":
-        return FedTrimmedAvg(beta=settings.trim_fraction, **common)
-    if settings.aggregator == "krum":
-        return Krum(num_malicious_nodes=settings.krum_malicious, **common)
-    if settings.aggregator == "multi-krum":
-        return MultiKrum(
-            num_malicious_nodes=settings.krum_malicious,
-            num_nodes_to_select=settings.multi_krum_select,
-            **common,
-        )
-    return None
-
-
-def aggregate_synthetic_sets(
-    settings: Settings, robust: FedAvg | None, server_round: int, arrays: list[np.ndarray], weights: list[float]
-) -> np.ndarray:
-    """The returned S_i combined by FedAvg (`robust` None) or by Flower's robust strategy."""
-    if robust is None:
-        return weighted_mean(arrays, weights)
-    needed = 2 * settings.krum_malicious + 3
-    if settings.aggregator in ("krum", "multi-krum") and len(arrays) < needed:
-        log(WARNING, "round %d: %s with krum-malicious=%d needs %d updates for its guarantee, got %d",
-            server_round, settings.aggregator, settings.krum_malicious, needed, len(arrays))
-    # Flower's robust strategies insist on identical metric keys across replies, so they
-    # get minimal replies: the images (serialised by Array) and num-examples only.
-    replies = [
-        Message(
-            RecordDict(
-                {
-                    SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array)}),
-                    METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight}),
-                }
-            ),
-            metadata=Metadata(
-                run_id=0, message_id=f"update-{index}", src_node_id=index + 1, dst_node_id=0,
-                reply_to_message_id="", group_id=str(server_round), created_at=0.0, ttl=0.0,
-                message_type=MessageType.TRAIN,
-            ),
-        )
-        for index, (array, weight) in enumerate(zip(arrays, weights))
-    ]
-    aggregated, _ = robust.aggregate_train(server_round, replies)
-    return np.asarray(aggregated[IMAGES_KEY].numpy(), dtype=np.float32)
-
-
-def kept_updates(settings: Settings, arrays: list[np.ndarray]) -> list[int] | None:
-    """Indices of the S_i that Krum or multi-Krum averages this round; None for the rules
-    that use every update.
-
-    Flower's strategies do not say whom they kept, so this runs their selection
-    (`select_multikrum`, deterministic) on the same arrays.
-    """
-    if settings.aggregator not in ("krum", "multi-krum"):
-        return None
-    contents = [RecordDict({SYNTHETIC_SET_KEY: ArrayRecord({IMAGES_KEY: Array(array)})}) for array in arrays]
-    chosen = select_multikrum(
-        contents,
-        num_malicious_nodes=settings.krum_malicious,
-        num_nodes_to_select=1 if settings.aggregator == "krum" else settings.multi_krum_select,
-    )
-    return [index for index, content in enumerate(contents) if any(content is selected for selected in chosen)]
-
-
-def synthetic_set_aggregator(settings: Settings) -> Aggregate:
-    """`aggregate(server_round, arrays, weights)` for code that runs rounds without a Strategy."""
-    robust = robust_aggregator(settings)
-    return lambda server_round, arrays, weights: aggregate_synthetic_sets(settings, robust, server_round, arrays, weights)
+LOCAL_SECONDS_KEY = "local-update-seconds"
 
 
 def replying_nodes(messages: Iterable[Message], replies: Iterable[Message]) -> list[int]:
@@ -159,29 +79,38 @@ def replies_from_nodes(
     return from_nodes, missing
 
 
-class SFDDStrategy(FedAvg):
-    """FedAvg over synthetic sets: weighted by client data size, labels never averaged.
+class SynthesisStrategy(FedAvg):
+    """FedAvg's sampling and message shape over a method's shared state.
 
-    Replies that carry an error, miss keys, or hold images of the wrong shape or with
-    NaN/Inf are dropped with a log line naming the node; the round aggregates the rest.
+    Replies that carry an error, miss records, or hold a state the method rejects (wrong
+    arrays, shapes, NaN/Inf) are dropped with a log line naming the node; the round
+    combines the rest with the method's rule. `metric_reductions` say how the clients'
+    metrics become the round's (the method's and the defence's declarations).
     """
 
-    def __init__(self, settings: Settings, report: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        method: SynthesisMethod,
+        metric_reductions: Mapping[str, str] | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(
             fraction_train=settings.fraction_train,
             min_train_nodes=settings.min_clients,
             min_available_nodes=settings.min_clients,
-            arrayrecord_key=SYNTHETIC_SET_KEY,
+            arrayrecord_key=STATE_KEY,
             configrecord_key=CONFIG_KEY,
         )
         self.settings = settings
-        spec = settings.dataset_spec
-        self.expected_shape = (spec.num_classes * settings.ipc, spec.channels, *spec.image_size)
+        self.method = method
+        self.metric_reductions = dict(metric_reductions if metric_reductions is not None else method.round_metrics)
         self.report = report or (lambda text: log(INFO, text))
-        self.aggregate = synthetic_set_aggregator(settings)
+        self.sent_state: State = {}
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
-        # Nodes whose S_i (multi-)Krum averaged in the last round; None for the other rules.
+        self.last_round_metrics: dict[str, float] = {}
+        # Nodes whose state a selecting rule (Krum) combined in the last round; None: all.
         self.last_round_kept: list[int] | None = None
         self.last_evaluation: FederatedEvalResult | None = None
 
@@ -198,10 +127,7 @@ class SFDDStrategy(FedAvg):
                 )
             if now - last_report >= 10.0:
                 last_report = now
-                self.report(
-                    f"waiting for nodes: {len(node_ids)} connected, "
-                    f"min-clients={self.min_available_nodes}"
-                )
+                self.report(f"waiting for nodes: {len(node_ids)} connected, min-clients={self.min_available_nodes}")
             time.sleep(1.0)
         return node_ids
 
@@ -210,35 +136,31 @@ class SFDDStrategy(FedAvg):
     ) -> Iterable[Message]:
         """One train message per sampled node; sampling is seeded by (seed, round)."""
         node_ids = self.wait_for_nodes(grid)
-        sample_size = min(
-            len(node_ids), max(int(len(node_ids) * self.fraction_train), self.min_train_nodes)
-        )
+        sample_size = min(len(node_ids), max(int(len(node_ids) * self.fraction_train), self.min_train_nodes))
         sampler = random.Random(derive_seed(self.settings.seed, "sampling", server_round))
         sampled = sorted(sampler.sample(node_ids, sample_size))
         config[SERVER_ROUND_KEY] = server_round
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [
-            Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
-            for node_id in sampled
-        ]
+        return [Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN) for node_id in sampled]
 
     def reply_problem(self, reply: Message) -> str | None:
-        """Why a training reply cannot be aggregated, or None if it can."""
+        """Why a training reply cannot be combined, or None if it can."""
         if reply.has_error():
             return f"client error: {reply.error.reason}"
         content = reply.content
-        if SYNTHETIC_SET_KEY not in content.array_records:
-            return f"missing ArrayRecord {SYNTHETIC_SET_KEY!r}"
+        if STATE_KEY not in content.array_records:
+            return f"missing ArrayRecord {STATE_KEY!r}"
         if METRICS_KEY not in content.metric_records:
             return f"missing MetricRecord {METRICS_KEY!r}"
-        arrays = content.array_records[SYNTHETIC_SET_KEY]
-        metrics = content.metric_records[METRICS_KEY]
-        images = arrays[IMAGES_KEY].numpy() if IMAGES_KEY in arrays else None
-        return update_problem(images, self.expected_shape, metrics.get(NUM_EXAMPLES_KEY))
+        returned = {key: array.numpy() for key, array in content.array_records[STATE_KEY].items()}
+        return self.method.reply_problem(self.sent_state, returned) or weight_problem(
+            content.metric_records[METRICS_KEY].get(NUM_EXAMPLES_KEY)
+        )
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The accepted replies combined by the method (against `sent_state`)."""
         accepted: list[Message] = []
         self.last_round_failures = []
         for reply in replies:
@@ -251,61 +173,48 @@ class SFDDStrategy(FedAvg):
                 log(WARNING, "round %d: rejected the reply of node %d: %s", server_round, node, problem)
         if not accepted:
             return None, None
-        weights = [
-            float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted
+        weights = [float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted]
+        states = [record_state(reply.content.array_records[STATE_KEY]) for reply in accepted]
+        combined = self.method.combine(server_round, states, weights)
+        client_metrics = [metrics_dict(reply.content.metric_records[METRICS_KEY]) for reply in accepted]
+        seconds = [float(m.get(LOCAL_SECONDS_KEY, 0.0)) for m in client_metrics]
+        self.last_round_metrics = reduce_metrics(self.metric_reductions, client_metrics, weights)
+        self.last_round_clients = [
+            {"node": reply.metadata.src_node_id} | {key.replace("-", "_"): value for key, value in metric.items()}
+            for reply, metric in zip(accepted, client_metrics)
         ]
-        arrays = [reply.content.array_records[SYNTHETIC_SET_KEY][IMAGES_KEY].numpy() for reply in accepted]
-        images = self.aggregate(server_round, arrays, weights)
-        kept = kept_updates(self.settings, arrays)
-        client_metrics = [reply.content.metric_records[METRICS_KEY] for reply in accepted]
-        seconds = [float(m.get("local-update-seconds", 0.0)) for m in client_metrics]
-        losses = [float(m.get("matching-loss", float("nan"))) for m in client_metrics]
+        self.last_round_kept = None
+        if combined.kept is not None:
+            self.last_round_kept = [accepted[index].metadata.src_node_id for index in combined.kept]
+            log(INFO, "round %d: %s kept the updates of node(s) %s of %d", server_round, self.settings.aggregator,
+                ", ".join(map(str, self.last_round_kept)), len(accepted))
         metrics = MetricRecord(
             {
                 NUM_EXAMPLES_KEY: int(sum(weights)),
-                "matching-loss": float(np.average(losses, weights=weights)),
                 "local-update-seconds-sum": float(sum(seconds)),
                 "local-update-seconds-max": float(max(seconds)),
             }
         )
-        epsilons = [float(m["local-dp-epsilon"]) for m in client_metrics if "local-dp-epsilon" in m]
-        if epsilons:
-            metrics["local-dp-epsilon"] = max(epsilons)
-            metrics["local-dp-delta"] = max(float(m["local-dp-delta"]) for m in client_metrics if "local-dp-delta" in m)
-        self.last_round_clients = [
-            {"node": reply.metadata.src_node_id}
-            | {
-                key.replace("-", "_"): [float(v) for v in value] if isinstance(value, list) else float(value)
-                for key, value in metric.items()
-            }
-            for reply, metric in zip(accepted, client_metrics)
-        ]
-        self.last_round_kept = None
-        if kept is not None:
-            self.last_round_kept = [accepted[index].metadata.src_node_id for index in kept]
-            log(INFO, "round %d: %s kept the updates of node(s) %s of %d",
-                server_round, self.settings.aggregator, ", ".join(map(str, self.last_round_kept)), len(accepted))
-        return images_record(images), metrics
+        return state_record(combined.state), metrics
 
-    def distill(self, grid: Grid, recorder: RunRecorder) -> torch.Tensor:
-        """Run rounds `recorder.first_round`..`num_server_rounds`; return the final S."""
-        images = recorder.start()
+    def run(self, grid: Grid, recorder: RunRecorder) -> State:
+        """Run rounds `recorder.first_round`..`num_server_rounds`; return the final state."""
+        state = recorder.start()
         settings = self.settings
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
             started = time.monotonic()
-            arrays = images_record(images)
-            config = ConfigRecord(settings.to_record() | {RUN_DIR_KEY: str(recorder.run_dir.path)})
+            self.sent_state = state
+            arrays = state_record(state)
+            config = settings_config(settings, run_dir=str(recorder.run_dir.path))
             messages = list(self.configure_train(server_round, arrays, config, grid))
             if server_round == recorder.first_round:
-                self.report(f"round {server_round}: sending S to {len(messages)} clients")
+                self.report(f"round {server_round}: sending the shared state to {len(messages)} clients")
             replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
             replies, unavailable = replies_from_nodes(messages, replies, f"round-timeout={settings.round_timeout:g} s")
             for line in unavailable:
                 log(WARNING, "round %d: %s; aggregating the replies that arrived", server_round, line)
             received_bytes = sum(
-                record_bytes(reply.content.array_records.get(SYNTHETIC_SET_KEY))
-                for reply in replies
-                if not reply.has_error()
+                record_bytes(reply.content.array_records.get(STATE_KEY)) for reply in replies if not reply.has_error()
             )
             aggregated, metrics = self.aggregate_train(server_round, replies)
             missing = len(messages) - len(replies)
@@ -313,15 +222,15 @@ class SFDDStrategy(FedAvg):
                 reasons = "; ".join(self.last_round_failures + unavailable) or "no reply arrived in time"
                 raise RuntimeError(
                     f"round {server_round}: no usable client update ({reasons}); "
-                    f"S of round {server_round - 1} is saved, resume with "
+                    f"the state of round {server_round - 1} is saved, resume with "
                     f"--run-config \"resume-from='{recorder.run_dir.path}'\""
                 )
-            images = torch.from_numpy(aggregated[IMAGES_KEY].numpy().copy())
+            state = record_state(aggregated)
             recorder.end_round(
                 server_round,
-                images,
+                state,
                 {
-                    "matching_loss": float(metrics["matching-loss"]),
+                    **self.last_round_metrics,
                     "clients_ok": len(replies) - len(self.last_round_failures),
                     "clients_failed": len(self.last_round_failures) + missing,
                     "failures": self.last_round_failures + unavailable,
@@ -330,22 +239,20 @@ class SFDDStrategy(FedAvg):
                     "round_seconds": round(time.monotonic() - started, 3),
                     "bytes_sent": record_bytes(arrays) * len(messages),
                     "bytes_received": received_bytes,
-                    **({"local_dp_epsilon": float(metrics["local-dp-epsilon"]),
-                        "local_dp_delta": float(metrics["local-dp-delta"])}
-                       if "local-dp-epsilon" in metrics else {}),
                     "clients": self.last_round_clients,
                     **({"aggregator_kept": self.last_round_kept} if self.last_round_kept is not None else {}),
                 },
             )
-        return images
+        return state
 
     # ----- federated evaluation -----
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """One evaluate message per connected node: every node tests S on its held-out data."""
+        """One evaluate message per connected node: every node tests the labelled set on
+        its held-out data."""
         config[SERVER_ROUND_KEY] = server_round
-        content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        content = RecordDict({LABELLED_SET_KEY: arrays, self.configrecord_key: config})
         return [
             Message(content=content, dst_node_id=node_id, message_type=MessageType.EVALUATE)
             for node_id in sorted(grid.get_node_ids())
@@ -358,9 +265,7 @@ class SFDDStrategy(FedAvg):
         if METRICS_KEY not in reply.content.metric_records:
             return f"missing MetricRecord {METRICS_KEY!r}"
         metrics = reply.content.metric_records[METRICS_KEY]
-        return evaluation_problem(
-            metrics.get(ACCURACIES_KEY), metrics.get(NUM_EXAMPLES_KEY), self.settings.num_eval
-        )
+        return evaluation_problem(metrics.get(ACCURACIES_KEY), metrics.get(NUM_EXAMPLES_KEY), self.settings.num_eval)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Test-size-weighted accuracy of each model over the nodes that answered.
@@ -399,11 +304,12 @@ class SFDDStrategy(FedAvg):
             }
         )
 
-    def evaluate_federated(self, grid: Grid, server_round: int, images: torch.Tensor) -> FederatedEvalResult:
-        """Send S to every connected node, wait up to `eval-timeout`, combine the answers."""
+    def evaluate_federated(self, grid: Grid, server_round: int, labelled: LabelledImages) -> FederatedEvalResult:
+        """Send the labelled set to every connected node, wait up to `eval-timeout`,
+        combine the answers."""
         started = time.monotonic()
         messages = list(
-            self.configure_evaluate(server_round, images_record(images), ConfigRecord(self.settings.to_record()), grid)
+            self.configure_evaluate(server_round, labelled_record(labelled), settings_config(self.settings), grid)
         )
         replies = list(grid.send_and_receive(messages, timeout=self.settings.eval_timeout)) if messages else []
         replies, silent = replies_from_nodes(messages, replies, f"eval-timeout={self.settings.eval_timeout:g} s")
@@ -418,5 +324,5 @@ class SFDDStrategy(FedAvg):
         return result
 
     def federated_evaluator(self, grid: Grid) -> FederatedEvaluator:
-        """`RunRecorder`'s hook: evaluate S on the nodes' held-out data."""
-        return lambda server_round, images: self.evaluate_federated(grid, server_round, images)
+        """The recorder's hook: evaluate the labelled set on the nodes' held-out data."""
+        return lambda server_round, labelled: self.evaluate_federated(grid, server_round, labelled)

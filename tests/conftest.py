@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakedata import write_mnist  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from fakedata import write_mnist  # noqa: E402
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -66,3 +66,12 @@ class InProcessGrid:
             if reply is not None:
                 replies.append(reply)
         return replies
+
+
+def strategy_for(settings, report=None):
+    """The ServerApp's strategy for `settings`, as if it had just sent round 1's state."""
+    from sfdd_flwr.server_app import server_parts
+
+    strategy, recorder = server_parts(settings, InProcessGrid({}), report or (lambda text: None))
+    strategy.sent_state = recorder.method.initial_state()
+    return strategy

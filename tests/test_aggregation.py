@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
-from sfdd_flwr.aggregation import update_problem, weighted_mean
+from sfdd_flwr.aggregators.fedavg import fedavg, weight_problem, weighted_mean
+from sfdd_flwr.methods.base import state_problem
 
 SHAPE = (10, 1, 28, 28)
 
@@ -30,24 +32,41 @@ def test_weighted_mean_rejects_bad_input():
         weighted_mean([np.zeros(3)], [0])
 
 
+def test_fedavg_averages_every_array_of_the_states():
+    states = [{"a": torch.full((2,), 1.0), "b": torch.zeros(3)}, {"a": torch.full((2,), 4.0), "b": torch.ones(3)}]
+    combined = fedavg(states, [3, 1])
+    assert torch.allclose(combined["a"], torch.full((2,), 1.75)) and torch.allclose(combined["b"], torch.full((3,), 0.25))
+    assert combined["a"].dtype == torch.float32
+
+
+SENT = {"images": torch.zeros(SHAPE)}
+
+
 def test_a_good_update_has_no_problem():
-    assert update_problem(np.zeros(SHAPE, np.float32), SHAPE, 120) is None
+    assert state_problem(SENT, {"images": np.zeros(SHAPE, np.float32)}) is None
+    assert weight_problem(120) is None
 
 
 @pytest.mark.parametrize(
-    ("images", "num_examples", "fragment"),
+    ("returned", "fragment"),
     [
-        (None, 10, "no synthetic images"),
-        (np.zeros((10, 1, 28, 27), np.float32), 10, "shape"),
-        (np.zeros(SHAPE, np.int64), 10, "dtype"),
-        (np.full(SHAPE, np.nan, np.float32), 10, "NaN/Inf"),
-        (np.where(np.arange(7840).reshape(SHAPE) == 5, np.inf, 0).astype(np.float32), 10, "1 NaN/Inf"),
-        (np.zeros(SHAPE, np.float32), None, "num-examples"),
-        (np.zeros(SHAPE, np.float32), 0, "positive"),
-        (np.zeros(SHAPE, np.float32), float("nan"), "positive"),
-        (np.zeros(SHAPE, np.float32), True, "num-examples"),
+        ({}, "lacks array(s) 'images'"),
+        ({"images": np.zeros(SHAPE, np.float32), "extra": np.zeros(1, np.float32)}, "unexpected array(s) 'extra'"),
+        ({"images": np.zeros((10, 1, 28, 27), np.float32)}, "shape"),
+        ({"images": np.zeros(SHAPE, np.int64)}, "dtype"),
+        ({"images": np.full(SHAPE, np.nan, np.float32)}, "NaN/Inf"),
+        ({"images": np.where(np.arange(7840).reshape(SHAPE) == 5, np.inf, 0).astype(np.float32)}, "1 NaN/Inf"),
     ],
 )
-def test_bad_updates_are_named(images, num_examples, fragment):
-    problem = update_problem(images, SHAPE, num_examples)
+def test_bad_states_are_named(returned, fragment):
+    problem = state_problem(SENT, returned)
+    assert problem is not None and fragment in problem
+
+
+@pytest.mark.parametrize(
+    ("num_examples", "fragment"),
+    [(None, "num-examples"), (0, "positive"), (float("nan"), "positive"), (True, "num-examples")],
+)
+def test_bad_weights_are_named(num_examples, fragment):
+    problem = weight_problem(num_examples)
     assert problem is not None and fragment in problem

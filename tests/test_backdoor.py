@@ -3,7 +3,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
-from sfdd_flwr.attacks.backdoor import (
+from sfdd_flwr.attacks.doorping.trigger import (
     Trigger,
     attack_success_rate,
     initial_trigger,
@@ -17,8 +17,8 @@ from sfdd_flwr.attacks.backdoor import (
     update_trigger,
     valid_range,
 )
-from sfdd_flwr.data import DATASETS, LabelledImages
-from sfdd_flwr.models import NetworkSpec, build_network
+from sfdd_flwr.data.datasets import DATASETS, LabelledImages
+from sfdd_flwr.models.convnet import NetworkSpec, build_network
 
 MNIST = DATASETS["mnist"]
 
@@ -107,11 +107,11 @@ def test_attack_success_rate_excludes_target_class_images():
 
 
 def test_trigger_update_raises_the_selected_neuron_only_inside_the_patch():
-    network = build_network(NetworkSpec(1, 10, (28, 28), width=8), seed=0)
+    network = build_network(NetworkSpec(1, 10, (28, 28), net_width=8), seed=0)
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
     neuron = select_neuron(network)
     assert neuron == int(network.classifier.weight.abs().sum(0).argmax())
-    result = update_trigger(network, trigger, MNIST, max_steps=200)
+    result = update_trigger(network, trigger, MNIST, max_steps=200, clamp=True)
     assert result.neuron == neuron and result.steps >= 1
     outside = ~trigger.mask.bool()
     assert torch.equal(result.trigger.pattern[outside], trigger.pattern[outside])
@@ -126,7 +126,7 @@ def test_the_trigger_moves_at_paper_width_where_activations_are_tiny():
     """At width 128 the selected feature's activation on the trigger image can be a few
     hundredths (0.037 for this network): the reference's absolute threshold (squared error
     below 0.5) would be met before any step, so the trigger would never change."""
-    network = build_network(NetworkSpec(1, 10, (28, 28), width=128), seed=2)
+    network = build_network(NetworkSpec(1, 10, (28, 28), net_width=128), seed=2)
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
     result = update_trigger(network, trigger, MNIST, max_steps=300)
     assert abs(result.initial_activation) < 0.05
@@ -141,7 +141,7 @@ def test_with_a_hidden_dense_layer_the_trigger_drives_a_hidden_unit_before_its_r
     """Doorping's reference network: the unit with the largest summed |incoming weight|,
     read before the ReLU (the reference hooks the Linear's output), and the reference's
     absolute stopping threshold (squared error < 0.5)."""
-    network = build_network(NetworkSpec(1, 10, (28, 28), width=8, hidden=16), seed=seed)
+    network = build_network(NetworkSpec(1, 10, (28, 28), net_width=8, net_hidden=16), seed=seed)
     neuron = select_neuron(network)
     assert neuron == int(network.hidden.weight.abs().sum(1).argmax())
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
@@ -160,11 +160,11 @@ def test_with_a_hidden_dense_layer_the_trigger_drives_a_hidden_unit_before_its_r
 
 
 def test_without_the_clamp_the_trigger_may_leave_the_pixel_range_as_in_the_reference():
-    network = build_network(NetworkSpec(1, 10, (28, 28), width=32), seed=0)
+    network = build_network(NetworkSpec(1, 10, (28, 28), net_width=32), seed=0)
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
     low, high = valid_range(MNIST, "cpu")
-    clamped = update_trigger(network, trigger, MNIST, max_steps=300)
-    free = update_trigger(network, trigger, MNIST, max_steps=300, clamp=False)
+    clamped = update_trigger(network, trigger, MNIST, max_steps=300, clamp=True)
+    free = update_trigger(network, trigger, MNIST, max_steps=300)  # the default, as the reference
     inside = trigger.mask.bool()
     assert torch.all(clamped.trigger.pattern >= low - 1e-5) and torch.all(clamped.trigger.pattern <= high + 1e-5)
     assert torch.any((free.trigger.pattern[inside] < low.flatten()[0]) | (free.trigger.pattern[inside] > high.flatten()[0]))
@@ -174,10 +174,10 @@ def test_without_the_clamp_the_trigger_may_leave_the_pixel_range_as_in_the_refer
 
 
 def test_a_pinned_trigger_stops_early_with_the_trigger_the_remaining_steps_would_give():
-    network = build_network(NetworkSpec(1, 10, (28, 28), width=32), seed=0)
+    network = build_network(NetworkSpec(1, 10, (28, 28), net_width=32), seed=0)
     trigger = initial_trigger(MNIST, 2, 0, torch.Generator().manual_seed(0))
-    early = update_trigger(network, trigger, MNIST, max_steps=1000)
-    full = update_trigger(network, trigger, MNIST, max_steps=1000, stop_when_pinned=False)
+    early = update_trigger(network, trigger, MNIST, max_steps=1000, clamp=True)
+    full = update_trigger(network, trigger, MNIST, max_steps=1000, clamp=True, stop_when_pinned=False)
     assert early.pinned and early.steps < 100 and full.steps == 1000 and not full.pinned
     assert torch.equal(early.trigger.pattern, full.trigger.pattern)
     assert early.final_activation == full.final_activation
@@ -200,7 +200,7 @@ def _message(images, weight=100, node=1):
 
     metadata = Metadata(run_id=1, message_id="m", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
                         group_id="", created_at=0.0, ttl=60.0, message_type="train")
-    content = RecordDict({"synthetic-set": ArrayRecord({"images": Array(images)}),
+    content = RecordDict({"state": ArrayRecord({"images": Array(images)}),
                           "metrics": MetricRecord({"num-examples": weight, "matching-loss": 1.0})})
     return Message(content=content, metadata=metadata)
 
@@ -214,12 +214,14 @@ def test_robust_aggregators_on_known_inputs(aggregator, expected, kept_nodes, tm
     """Five updates: 1, 2, 3, 4.5 and an outlier 100 (a poisoned client), from nodes 11-15.
     Krum scores each by its squared distances to its n - f - 2 = 2 nearest: 2 scores
     lowest, then 3; the strategy names the nodes it kept."""
-    from sfdd_flwr.config import Settings
-    from sfdd_flwr.strategy import SFDDStrategy
+    from sfdd_flwr.methods.gradient_matching import GradientMatching
+    from sfdd_flwr.settings import Settings
+    from sfdd_flwr.strategy import SynthesisStrategy
 
     settings = Settings.from_mapping({"preset": "", "aggregator": aggregator, "trim-fraction": 0.2,
                                       "krum-malicious": 1, "multi-krum-select": 2})
-    strategy = SFDDStrategy(settings, report=lambda text: None)
+    strategy = SynthesisStrategy(settings, GradientMatching(settings), report=lambda text: None)
+    strategy.sent_state = {"images": torch.zeros(10, 1, 28, 28)}
     values = [1.0, 2.0, 3.0, 4.5, 100.0]
     replies = [_message(np.full((10, 1, 28, 28), v, np.float32), node=11 + i) for i, v in enumerate(values)]
     arrays, _ = strategy.aggregate_train(1, replies)
@@ -227,19 +229,9 @@ def test_robust_aggregators_on_known_inputs(aggregator, expected, kept_nodes, tm
     assert strategy.last_round_kept == kept_nodes
 
 
-def _load_oracle():
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "backdoor_oracle.py"
-    spec = importlib.util.spec_from_file_location("backdoor_oracle", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_oracle_plants_the_trigger_only_in_target_class_slots():
-    oracle = _load_oracle()
+    from sfdd_lab.experiments import backdoor_oracle as oracle
+
     trigger = initial_trigger(MNIST, 2, 1, torch.Generator().manual_seed(0), white=True)
     labels = torch.arange(4).repeat_interleave(3)
     images = torch.randn(12, 1, 28, 28)

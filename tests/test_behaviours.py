@@ -10,26 +10,26 @@ import torch
 
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
-from sfdd_flwr.artifacts import colluders_folder
-from sfdd_flwr.behaviours import (
+from sfdd_flwr.attacks.doorping.files import colluders_folder, find_trigger
+from sfdd_flwr.behaviours.registry import (
     BEHAVIOURS,
     ClientBehaviour,
-    ClientJob,
     DoorpingBehaviour,
     behaviour_for_node,
     load_behaviour,
     malicious_partitions,
     register_behaviour,
 )
-from sfdd_flwr.config import ConfigError, Settings
-from sfdd_flwr.data import LabelledImages, load_split
-from sfdd_flwr.distill import initial_synthetic_images
-from sfdd_flwr.local_federation import SimulatedClient
-from sfdd_flwr.recorder import RunRecorder, find_trigger, server_evaluator
-from sfdd_flwr.strategy import SFDDStrategy
-
+from sfdd_flwr.data.datasets import LabelledImages, load_split
+from sfdd_flwr.methods import LocalJob
+from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images
+from sfdd_flwr.runs.artifacts import load_synthetic_set
+from sfdd_flwr.server_app import server_parts
+from sfdd_flwr.settings import ConfigError, Settings
+from sfdd_lab.local_federation import SimulatedClient
 
 pytestmark = pytest.mark.usefixtures("server_identity")
+
 
 def settings(**values) -> Settings:
     return Settings.from_mapping({"preset": ""} | values)
@@ -67,14 +67,32 @@ def test_built_in_behaviours_and_bad_names():
     assert settings(**{"ldpo-k": 10}).ldpo_k == 10  # only checked when LDPO-RLD is on
 
 
+def test_a_defence_or_behaviour_that_needs_a_hook_the_method_lacks_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "hookless_method.py").write_text(textwrap.dedent("""
+        from sfdd_flwr.methods.gradient_matching import GradientMatching
+
+        class Hookless(GradientMatching):
+            supported_hooks = frozenset()
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    method = {"method": "hookless_method:Hookless"}
+    with pytest.raises(ConfigError, match="defence='ldpo-rld' is not allowed with method='hookless_method:Hookless'"):
+        settings(**method, defence="ldpo-rld")
+    with pytest.raises(ConfigError, match="malicious-behaviour='doorping' is not allowed with method="):
+        settings(**method, **{"malicious-clients": "0"})
+    assert settings(**method, defence="local-dp").defence == "local-dp"  # works on any state
+    assert settings(**method, **{"malicious-clients": "0", "malicious-behaviour": "naive-backdoor"})
+    sys.modules.pop("hookless_method", None)
+
+
 def test_a_behaviour_outside_the_package_is_loaded_by_path(tmp_path, monkeypatch):
     (tmp_path / "outside_behaviours.py").write_text(textwrap.dedent("""
-        from sfdd_flwr.behaviours import ClientBehaviour
+        from sfdd_flwr.behaviours.base import ClientBehaviour
 
         class Frozen(ClientBehaviour):
-            def local_update(self, job):
-                result = super().local_update(job)
-                result.update.images = job.synthetic_images.clone()
+            def local_update(self, job, method):
+                result = super().local_update(job, method)
+                result.state = {key: value.clone() for key, value in job.state.items()}
                 result.metrics["frozen"] = 1.0
                 return result
     """))
@@ -102,8 +120,8 @@ def run_federation(data_dir, tmp_path, clients=3, **values):
     )
     test = load_split("mnist", str(data_dir), train=False)
     lines = []
-    recorder = RunRecorder(run_settings, "sfdd", server_evaluator(run_settings, test, torch.device("cpu"), lines.append), lines.append)
-    SFDDStrategy(run_settings, lines.append).distill(grid, recorder)
+    strategy, recorder = server_parts(run_settings, grid, lines.append, test)
+    strategy.run(grid, recorder)
     recorder.finish()
     return grid, recorder, lines
 
@@ -146,25 +164,25 @@ def test_a_resumed_doorping_client_continues_from_the_trigger_it_saved(tiny_mnis
         "doorping-poison-fraction": 0.05, "doorping-trigger-steps": 20, "persist-momentum": False,
     })
     run_dir = tmp_path / "run"
-    images = initial_synthetic_images(run.network_spec, run.ipc, torch.Generator().manual_seed(0))
+    images = {"images": initial_synthetic_images(run.network_spec, run.ipc, torch.Generator().manual_seed(0))}
     attacker = SimulatedClient(run, 0, torch.device("cpu"), run_dir)
-    after_round_1 = torch.from_numpy(attacker.local_update(1, images)["images"])
+    after_round_1 = attacker.local_update(1, images)["state"]
     saved_file = run_dir / "attack" / "trigger_client0.pt"
     saved_after_round_1 = saved_file.read_bytes()
-    uninterrupted = attacker.local_update(2, after_round_1)["images"]
+    uninterrupted = attacker.local_update(2, after_round_1)["state"]["images"]
 
     saved_file.write_bytes(saved_after_round_1)
-    resumed = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["images"]
+    resumed = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["state"]["images"]
     assert np.array_equal(resumed, uninterrupted)
 
     saved_file.unlink()
-    from_scratch = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["images"]
+    from_scratch = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(2, after_round_1)["state"]["images"]
     assert not np.array_equal(from_scratch, uninterrupted)  # the saved trigger is what made them equal
 
     saved_file.write_bytes(saved_after_round_1)  # a trigger from round 1 does not belong to round 3
-    stale = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["images"]
+    stale = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["state"]["images"]
     saved_file.unlink()
-    fresh = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["images"]
+    fresh = SimulatedClient(run, 0, torch.device("cpu"), run_dir).local_update(3, after_round_1)["state"]["images"]
     assert np.array_equal(stale, fresh)
 
 
@@ -177,7 +195,8 @@ def test_colluding_doorping_clients_start_from_one_pooled_trigger(tmp_path):
 
     def start(client, server_round, collude):
         run = settings(**{"malicious-clients": "0,1", "doorping-collude": collude})
-        job = ClientJob(run, server_round, client, torch.zeros(10, 1, 28, 28), data, torch.device("cpu"), run_dir=run_dir)
+        job = LocalJob(run, server_round, client, {"images": torch.zeros(10, 1, 28, 28)}, data, torch.device("cpu"),
+                       run_dir=run_dir)
         return DoorpingBehaviour().starting_trigger(job).pattern
 
     assert torch.equal(start(0, 1, True), start(1, 1, True))
@@ -228,9 +247,12 @@ def test_defences_run_through_the_client_app(tiny_mnist_dir, tmp_path, defence, 
 
 
 def test_ldpo_rld_changes_the_update_and_honest_runs_do_not_depend_on_it(tiny_mnist_dir, tmp_path):
-    plain = run_federation(tiny_mnist_dir, tmp_path / "a", clients=2)[1].run_dir.load_latest().images
-    again = run_federation(tiny_mnist_dir, tmp_path / "b", clients=2)[1].run_dir.load_latest().images
-    defended = run_federation(tiny_mnist_dir, tmp_path / "c", clients=2, defence="ldpo-rld")[1].run_dir.load_latest().images
+    def final_images(path, **values):
+        return load_synthetic_set(run_federation(tiny_mnist_dir, path, clients=2, **values)[1].run_dir.path).images
+
+    plain = final_images(tmp_path / "a")
+    again = final_images(tmp_path / "b")
+    defended = final_images(tmp_path / "c", defence="ldpo-rld")
     assert torch.equal(plain, again)
     assert not torch.equal(plain, defended)
 

@@ -3,10 +3,11 @@ import json
 import pytest
 import torch
 
-from sfdd_flwr import node_data
-from sfdd_flwr.artifacts import RunDirectory, load_synthetic_set
-from sfdd_flwr.centralized import main, parse_run_config
-from sfdd_flwr.config import ConfigError
+from sfdd_flwr.data import node_data
+from sfdd_flwr.data.datasets import LabelledImages
+from sfdd_flwr.runs.artifacts import RunDirectory, load_synthetic_set
+from sfdd_flwr.settings import ConfigError, parse_run_config
+from sfdd_lab.centralized import main
 
 
 def test_parse_run_config_reads_toml_values():
@@ -26,7 +27,7 @@ def test_centralized_baseline_runs_and_writes_the_same_artifacts(tiny_mnist_dir,
     ])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "SUMMARY centralized mnist IPC 1: 2 rounds" in out
+    assert "SUMMARY gradient-matching mnist IPC 1 (centralized): 2 rounds" in out
     run_dir = tmp_path / "central"
     saved = load_synthetic_set(run_dir)
     assert saved.round == 2 and saved.metadata["mode"] == "centralized"
@@ -36,17 +37,18 @@ def test_centralized_baseline_runs_and_writes_the_same_artifacts(tiny_mnist_dir,
 
 def test_central_networks_averages_independent_updates_from_the_same_set(tiny_mnist_dir, tmp_path, monkeypatch):
     """central-networks=K: K updates per iteration, distinct seeds, same start, plain mean."""
-    from sfdd_flwr import centralized
-    from sfdd_flwr.distill import LocalUpdate
+    from sfdd_flwr.methods import LocalResult
+    from sfdd_flwr.methods.gradient_matching import GradientMatching
 
     calls = []
 
-    def fake_update(images, pools, spec, params, *, network_seed, generator, device, velocity, **_):
-        calls.append((images.clone(), network_seed, velocity))
+    def fake_update(self, job):
+        images = job.state["images"]
+        calls.append((images.clone(), job.network_seed(), job.method_state.get("velocity")))
         shift = float(len(calls))
-        return LocalUpdate(images + shift, torch.full_like(images, shift), 1.0, 10, 0.0)
+        return LocalResult({"images": images + shift}, {"matching-loss": 1.0}, {"velocity": torch.full_like(images, shift)})
 
-    monkeypatch.setattr(centralized, "local_distill_update", fake_update)
+    monkeypatch.setattr(GradientMatching, "local_update", fake_update)
     config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' num-eval=0 num-server-rounds=2"
     assert main(["--run-config", f"{config} run-name='one'"]) == 0
     single_seeds = [seed for _, seed, _ in calls]
@@ -86,10 +88,12 @@ def test_metrics_lines_cut_off_by_a_crash_are_dropped(tmp_path):
 def test_synthetic_set_files_hold_images_labels_and_metadata(tmp_path):
     run_dir = RunDirectory(tmp_path)
     images = torch.randn(4, 1, 28, 28)
-    path = run_dir.save_synthetic_set(images, torch.arange(4), {"round": 3, "dataset": "mnist"}, keep_round_copy=True)
+    path = run_dir.save_labelled_set(LabelledImages(images, torch.arange(4)), {"round": 3, "dataset": "mnist"})
     assert path.name == "synthetic_set_round_0003.pt"
-    saved = load_synthetic_set(tmp_path / "synthetic_set.pt")
+    saved = load_synthetic_set(path)
     assert torch.equal(saved.images, images) and saved.labels.tolist() == [0, 1, 2, 3] and saved.round == 3
+    checkpoint = run_dir.save_checkpoint("synthetic_set.pt", {"images": images, "labels": torch.arange(4)}, {"round": 3})
+    assert torch.equal(load_synthetic_set(checkpoint).images, images)  # gradient matching's checkpoint is S
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 
@@ -123,7 +127,7 @@ def test_resuming_a_run_cut_off_during_its_final_evaluation_evaluates_it(tiny_mn
     capsys.readouterr()
     assert main(["--run-config", f"{config} resume-from='{run_dir}'"]) == 0
     out = capsys.readouterr().out
-    assert "evaluation was cut off; evaluating the saved set now" in out
+    assert "evaluation was cut off; evaluating the saved state now" in out
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["final_accuracy_mean"] == finished["final_accuracy_mean"]
     assert [r["round"] for r in RunDirectory(run_dir).read_metrics()] == list(range(1, finished["rounds"] + 1))

@@ -7,10 +7,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 
 from fakedata import write_imagefolder
 from flower_helpers import delivered
-from sfdd_flwr import client_app, data, node_data
-from sfdd_flwr.config import Settings
-from sfdd_flwr.evaluate import evaluate_synthetic_set
-from sfdd_flwr.strategy import NODE_DATA_ERROR_CODE
+from sfdd_flwr import client_app
+from sfdd_flwr.data import datasets as data
+from sfdd_flwr.data import node_data
+from sfdd_flwr.evaluation.protocol import evaluate_synthetic_set
+from sfdd_flwr.protocol import NODE_DATA_ERROR_CODE
+from sfdd_flwr.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -20,7 +22,7 @@ SHAPE = (10, 1, 28, 28)
 def train_message(settings: Settings, images: np.ndarray, server_round: int = 1, node_id: int = 5) -> Message:
     content = RecordDict(
         {
-            "synthetic-set": ArrayRecord({"images": Array(images)}),
+            "state": ArrayRecord({"images": Array(images)}),
             "config": ConfigRecord(settings.to_record() | {"server-round": server_round}),
         }
     )
@@ -41,15 +43,16 @@ def test_train_returns_an_updated_set_and_the_partition_size(tiny_mnist_dir):
     ctx = context({"partition-id": 1, "num-partitions": 3})
     reply = client_app.app(train_message(settings, images), ctx)
     assert not reply.has_error()
-    returned = reply.content["synthetic-set"]["images"].numpy()
+    returned = reply.content["state"]["images"].numpy()
     assert returned.shape == SHAPE and returned.dtype == np.float32
     assert not np.array_equal(returned, images)
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == 100
     assert metrics["matched-classes"] == 10 and metrics["matching-loss"] > 0
     assert metrics["partition-id"] == 1  # experiments map the server's node ids to partitions
-    assert list(reply.content.array_records) == ["synthetic-set"]  # the velocity stays local
-    assert "synthetic-velocity" in ctx.state.array_records
+    assert list(reply.content.array_records) == ["state"]  # the velocity stays local
+    assert list(reply.content["state"]) == ["images"]
+    assert "velocity" in ctx.state["method-state"]
 
 
 def test_same_round_and_partition_give_identical_updates_different_partitions_differ(tiny_mnist_dir):
@@ -57,7 +60,7 @@ def test_same_round_and_partition_give_identical_updates_different_partitions_di
     images = np.random.default_rng(2).standard_normal(SHAPE).astype(np.float32)
     run = lambda pid: client_app.app(
         train_message(settings, images), context({"partition-id": pid, "num-partitions": 3})
-    ).content["synthetic-set"]["images"].numpy()
+    ).content["state"]["images"].numpy()
     assert np.array_equal(run(0), run(0))
     assert not np.array_equal(run(0), run(1))
 
@@ -70,8 +73,8 @@ def test_momentum_persists_in_client_state_only_when_asked(tiny_mnist_dir):
         client_app.app(train_message(settings, images, 1), ctx)
         second = client_app.app(train_message(settings, images, 2), ctx)
         fresh = client_app.app(train_message(settings, images, 2), context({"partition-id": 0, "num-partitions": 3}))
-        same = np.array_equal(second.content["synthetic-set"]["images"].numpy(),
-                              fresh.content["synthetic-set"]["images"].numpy())
+        same = np.array_equal(second.content["state"]["images"].numpy(),
+                              fresh.content["state"]["images"].numpy())
         assert same is (not persist)
 
 
@@ -115,9 +118,11 @@ def test_a_resume_path_that_exists_only_on_the_server_is_not_checked_on_the_node
 
 
 def evaluate_message(settings: Settings, images: np.ndarray, server_round: int = 3, node_id: int = 5) -> Message:
+    classes = settings.dataset_spec.num_classes
+    labels = np.repeat(np.arange(classes), images.shape[0] // classes)
     content = RecordDict(
         {
-            "synthetic-set": ArrayRecord({"images": Array(images)}),
+            "labelled-set": ArrayRecord({"images": Array(images), "labels": Array(labels)}),
             "config": ConfigRecord(settings.to_record() | {"server-round": server_round}),
         }
     )

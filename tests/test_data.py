@@ -8,8 +8,8 @@ import torchvision
 
 from conftest import real_mnist_dir
 from fakedata import write_cifar, write_gtsrb, write_mnist, write_svhn
-from sfdd_flwr import data
-from sfdd_flwr.data import (
+from sfdd_flwr.data import datasets as data
+from sfdd_flwr.data.datasets import (
     DATASETS,
     ClassPools,
     DataUnavailableError,

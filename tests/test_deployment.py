@@ -20,9 +20,9 @@ import torch
 
 from conftest import real_mnist_dir
 from fakedata import write_imagefolder, write_mnist
-from sfdd_flwr import demo_data
-from sfdd_flwr.artifacts import load_synthetic_set
-from sfdd_flwr.launch import CONNECTION_NAME, Credentials, LocalSuperLink, LocalSuperNode, generate_credentials
+from sfdd_flwr.runs.artifacts import load_synthetic_set
+from sfdd_lab import demo_data
+from sfdd_lab.launch import CONNECTION_NAME, Credentials, LocalSuperLink, LocalSuperNode, generate_credentials
 
 pytestmark = pytest.mark.slow
 
@@ -129,8 +129,8 @@ def test_a_run_on_three_hospitals_writes_s_and_metrics_and_reports_federated_acc
     ]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_federated_accuracy_mean"] == final["federated_accuracy_mean"]
-    assert "round 2: federated accuracy" in log and f"held-out images of 3/3 nodes" in log, log
-    assert "SUMMARY sfdd imagefolder IPC 1: 2 rounds" in log, log
+    assert "round 2: federated accuracy" in log and "held-out images of 3/3 nodes" in log, log
+    assert "SUMMARY gradient-matching imagefolder IPC 1 (federated): 2 rounds" in log, log
 
 
 def test_a_misfit_node_is_reported_and_a_killed_node_costs_one_timeout(federation):
@@ -169,7 +169,7 @@ def test_a_misfit_node_is_reported_and_a_killed_node_costs_one_timeout(federatio
     assert f"rejected the reply of node {federation.node_ids[MISFIT]}: client error: {misfit_error}" in log, log
     assert "is 32x32 pixels, the task declares image-size=28x28" in log
     assert [n["node"].split()[0] for n in metrics[-1]["federated_nodes"]] == ["hospital-a", "hospital-b"]
-    assert "SUMMARY sfdd imagefolder IPC 1: 2 rounds" in log
+    assert "SUMMARY gradient-matching imagefolder IPC 1 (federated): 2 rounds" in log
 
     # the crashed node comes back once the SuperLink has noticed its missing heartbeats
     deadline = killed_at + 120

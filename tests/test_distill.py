@@ -1,19 +1,16 @@
 import pytest
 import torch
 
-from sfdd_flwr.data import ClassPools, LabelledImages
-from sfdd_flwr.distill import (
-    DistillParams,
-    initial_synthetic_images,
-    local_distill_update,
-    loops_for_ipc,
-    synthetic_labels,
-)
-from sfdd_flwr.evaluate import EvalParams, evaluate_synthetic_set
-from sfdd_flwr.models import NetworkSpec
+from sfdd_flwr.data.datasets import ClassPools, LabelledImages
+from sfdd_flwr.evaluation.protocol import EvalParams, evaluate_synthetic_set
+from sfdd_flwr.methods.base import class_labels as synthetic_labels
+from sfdd_flwr.methods.gradient_matching.settings import GradientMatchingSettings as DistillParams
+from sfdd_flwr.methods.gradient_matching.settings import loops_for_ipc
+from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images, local_distill_update
+from sfdd_flwr.models.convnet import NetworkSpec
 from sfdd_flwr.seeding import make_generator
 
-SPEC = NetworkSpec(channels=1, num_classes=4, image_size=(28, 28), width=8)
+SPEC = NetworkSpec(channels=1, num_classes=4, image_size=(28, 28), net_width=8)
 
 
 @pytest.mark.parametrize(
@@ -53,7 +50,11 @@ def toy_pools(num_classes=4, per_class=40, seed=0, drop_class=None) -> ClassPool
     return ClassPools(LabelledImages(torch.cat(images), torch.cat(labels)), num_classes)
 
 
-def _update(images, pools, params=DistillParams(batch_real=16), seed=0, velocity=None):
+# The loops of DC's IPC-1 entry unless a test sets them.
+ONE_STEP = {"outer_loop": 1, "inner_loop": 1}
+
+
+def _update(images, pools, params=DistillParams(batch_real=16, **ONE_STEP), seed=0, velocity=None):
     return local_distill_update(
         images, pools, SPEC, params, network_seed=seed, generator=make_generator(0, seed),
         velocity=velocity,
@@ -89,7 +90,7 @@ def test_classes_without_local_images_are_left_untouched():
 def test_image_momentum_matches_torch_sgd():
     """velocity = m * velocity + grad; x -= lr * velocity, as torch.optim.SGD does."""
     images = initial_synthetic_images(SPEC, 1, make_generator(0, "init"))
-    params = DistillParams(batch_real=16, lr_images=0.1, momentum_images=0.5)
+    params = DistillParams(batch_real=16, lr_img=0.1, momentum_img=0.5, **ONE_STEP)
     first = _update(images, toy_pools(), params, seed=1)
     grad = (images - first.images) / 0.1
     assert torch.allclose(first.velocity, grad, atol=1e-5)
@@ -102,7 +103,7 @@ def test_image_momentum_matches_torch_sgd():
 
 def test_inner_loop_trains_the_network_between_outer_steps():
     images = initial_synthetic_images(SPEC, 2, make_generator(0, "init"))
-    one_outer = _update(images, toy_pools(), DistillParams(batch_real=16, outer_loop=1))
+    one_outer = _update(images, toy_pools(), DistillParams(batch_real=16, **ONE_STEP))
     two_outer = _update(images, toy_pools(), DistillParams(batch_real=16, outer_loop=2, inner_loop=3))
     assert not torch.equal(one_outer.images, two_outer.images)
 
@@ -113,11 +114,11 @@ def test_distillation_learns_the_task():
     test = toy_pools(per_class=30, seed=1).data
     labels = synthetic_labels(4, 1)
     images = initial_synthetic_images(SPEC, 1, make_generator(0, "init"))
-    evaluation = EvalParams(epochs=40, num_models=2)
+    evaluation = EvalParams(eval_epochs=40, num_eval=2)
     before = evaluate_synthetic_set(images, labels, test, SPEC, evaluation, 0, "before")
     velocity = None
     for iteration in range(15):
-        update = _update(images, pools, DistillParams(batch_real=32, lr_images=1.0), iteration, velocity)
+        update = _update(images, pools, DistillParams(batch_real=32, lr_img=1.0, **ONE_STEP), iteration, velocity)
         images, velocity = update.images, update.velocity
     after = evaluate_synthetic_set(images, labels, test, SPEC, evaluation, 0, "after")
     assert after.mean >= 0.9
@@ -134,3 +135,16 @@ def test_long_local_work_reports_progress():
     assert any("outer step 1/2, class 4/4" in line for line in lines)
     assert any("network epoch 2/2" in line for line in lines)
     assert all(line.endswith("s elapsed)") for line in lines)
+
+
+def test_the_inner_network_trains_with_plain_sgd_by_default_as_dcs_code():
+    """DC's current code: SGD(lr_net) without momentum; `momentum-net` restores the 0.5 of
+    its first versions, and the update then differs."""
+    images = initial_synthetic_images(SPEC, 2, make_generator(0, "init"))
+    loops = {"outer_loop": 3, "inner_loop": 2}
+    plain = _update(images, toy_pools(), DistillParams(batch_real=16, **loops))
+    explicit = _update(images, toy_pools(), DistillParams(batch_real=16, momentum_net=0.0, **loops))
+    heavy = _update(images, toy_pools(), DistillParams(batch_real=16, momentum_net=0.5, **loops))
+    assert DistillParams().momentum_net == 0.0
+    assert torch.equal(plain.images, explicit.images)
+    assert not torch.equal(plain.images, heavy.images)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from flwr.common.config import parse_config_args
 
-from sfdd_flwr.launch import flower_command, generate_credentials
+from sfdd_lab.launch import flower_command, generate_credentials
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

@@ -3,16 +3,18 @@ import math
 import pytest
 import torch
 
-from sfdd_flwr.data import LabelledImages
-from sfdd_flwr.evaluate import (
+from sfdd_flwr.data.datasets import LabelledImages
+from sfdd_flwr.evaluation.protocol import (
     EvalParams,
     EvalResult,
     dc_augment,
     evaluate_synthetic_set,
-    protocol_defaults,
+)
+from sfdd_flwr.evaluation.protocol import (
     test_accuracy as accuracy_of,
 )
-from sfdd_flwr.models import NetworkSpec, build_network
+from sfdd_flwr.evaluation.settings import protocol_defaults
+from sfdd_flwr.models.convnet import NetworkSpec, build_network
 
 
 def test_protocol_defaults_follow_dc():
@@ -58,7 +60,7 @@ def test_eval_result_statistics_are_population_mean_and_std():
 
 
 def test_accuracy_counts_correct_predictions():
-    spec = NetworkSpec(1, 2, (28, 28), width=4)
+    spec = NetworkSpec(1, 2, (28, 28), net_width=4)
     network = build_network(spec, 0)
     test = LabelledImages(torch.randn(10, 1, 28, 28), torch.zeros(10, dtype=torch.long))
     predictions = network.eval()(test.images).argmax(1)
@@ -66,13 +68,13 @@ def test_accuracy_counts_correct_predictions():
 
 
 def test_evaluation_is_reproducible_and_learns_separable_data():
-    spec = NetworkSpec(1, 2, (28, 28), width=8)
+    spec = NetworkSpec(1, 2, (28, 28), net_width=8)
     images = torch.stack([torch.full((1, 28, 28), -1.0), torch.full((1, 28, 28), 1.0)])
     labels = torch.tensor([0, 1])
     test_images = torch.cat([torch.full((20, 1, 28, 28), -1.0), torch.full((20, 1, 28, 28), 1.0)])
     test_images = test_images + 0.1 * torch.randn(test_images.shape, generator=torch.Generator().manual_seed(0))
     test = LabelledImages(test_images, torch.tensor([0] * 20 + [1] * 20))
-    params = EvalParams(epochs=30, num_models=2, lr=0.05)
+    params = EvalParams(eval_epochs=30, num_eval=2, eval_lr=0.05)
     first = evaluate_synthetic_set(images, labels, test, spec, params, run_seed=1, tag=3)
     second = evaluate_synthetic_set(images, labels, test, spec, params, run_seed=1, tag=3)
     assert first.accuracies == second.accuracies

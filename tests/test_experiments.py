@@ -6,10 +6,18 @@ import shutil
 import pytest
 import torch
 
-from sfdd_flwr.attacks.backdoor import initial_trigger, mean_trigger
-from sfdd_flwr.config import Settings
-from sfdd_flwr.experiments import backdoor, privacy
-from sfdd_flwr.recorder import RunRecorder
+from sfdd_flwr.attacks import round_observers
+from sfdd_flwr.attacks.doorping.trigger import initial_trigger, mean_trigger
+from sfdd_flwr.methods.gradient_matching import GradientMatching
+from sfdd_flwr.runs.recorder import RunRecorder
+from sfdd_flwr.settings import Settings
+from sfdd_lab.experiments import backdoor, privacy
+
+
+def recorder_for(settings: Settings) -> RunRecorder:
+    """A recorder as the ServerApp makes one, without evaluation."""
+    return RunRecorder(settings, GradientMatching(settings), "test", None, lambda _: None,
+                       observers=round_observers(settings))
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +76,9 @@ def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(t
         "preset": "", "data-dir": str(tiny_mnist_dir), "output-dir": str(tmp_path / "out"), "run-name": "run",
         "ipc": 1, "net-width": 8, "num-eval": 1, "eval-epochs": 2, "num-server-rounds": 3, "eval-every": 0,
     }
-    first = RunRecorder(Settings.from_mapping(base), "test", None, lambda _: None)
+    first = recorder_for(Settings.from_mapping(base))
     first.end_round(1, first.start(), {})
-    resumed = RunRecorder(Settings.from_mapping(base | {"resume-from": str(first.run_dir.path)}), "test", None, lambda _: None)
+    resumed = recorder_for(Settings.from_mapping(base | {"resume-from": str(first.run_dir.path)}))
     resumed.end_round(2, resumed.start(), {})
     copied = tmp_path / "copied.pt"
     shutil.copy(resumed.run_dir.path / "synthetic_set.pt", copied)
@@ -78,8 +86,8 @@ def test_a_set_copied_from_a_resumed_run_is_scored_without_that_runs_directory(t
     spec = Settings.from_mapping(base).dataset_spec
     trigger = initial_trigger(spec, 2, 0, torch.Generator().manual_seed(0))
     result = backdoor.score_with_trigger(copied, trigger, str(tiny_mnist_dir))
-    assert len(result.accuracies) == 1 and len(result.attack_success) == 1
-    assert 0.0 <= result.attack_success[0] <= 1.0
+    assert len(result.accuracies) == 1 and len(result.scores["attack_success"]) == 1
+    assert 0.0 <= result.scores["attack_success"][0] <= 1.0
 
 
 def test_a_folder_of_triggers_is_scored_with_their_mean(tmp_path):
@@ -104,7 +112,7 @@ def test_each_evaluated_round_keeps_the_trigger_it_was_scored_with(tiny_mnist_di
         "preset": "", "data-dir": str(tiny_mnist_dir), "output-dir": str(tmp_path / "out"), "run-name": "run",
         "ipc": 1, "net-width": 8, "num-server-rounds": 4, "eval-every": 2,
     }
-    recorder = RunRecorder(Settings.from_mapping(base), "test", None, lambda _: None)
+    recorder = recorder_for(Settings.from_mapping(base))
     images = recorder.start()
     live = recorder.run_dir.path / "attack" / "trigger_client3.pt"
     live.parent.mkdir()
@@ -128,7 +136,7 @@ def test_malicious_updates_kept_counts_rounds_with_an_attacker_among_the_kept():
     assert backdoor.malicious_updates_kept(rows, {2}) == (2, 3)
     assert backdoor.malicious_updates_kept(rows, {0, 1}) == (2, 3)
     assert backdoor.malicious_updates_kept(rows, set()) == (0, 3)
-    # in-process rows (benchmarks/full_protocol.py) already hold partition ids
+    # in-process rows (sfdd_lab.full_protocol) already hold partition ids
     assert backdoor.malicious_updates_kept([{"round": 1, "aggregator_kept": [0, 2]}, {"round": 2, "aggregator_kept": [1]}], {0}) == (1, 2)
     assert backdoor.malicious_updates_kept([{"round": 1, "accuracy_mean": 0.9}], {0}) is None  # FedAvg, median: no selection
     unmapped = [{"round": 1, "aggregator_kept": [11], "clients": [{"node": 11, "partition_id": 0.0}, {"node": 12}]}]

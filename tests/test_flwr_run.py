@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from sfdd_flwr.artifacts import load_synthetic_set
-from sfdd_flwr.launch import LocalSuperLink
+from sfdd_flwr.runs.artifacts import load_synthetic_set
+from sfdd_lab.launch import LocalSuperLink
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_flwr_run_simulation_writes_artifacts_and_is_reproducible(superlink, tin
         )
         log = result.stdout + result.stderr
         assert result.returncode == 0, log
-        assert "SUMMARY sfdd mnist IPC 1: 2 rounds" in log, log
+        assert "SUMMARY gradient-matching mnist IPC 1 (federated): 2 rounds" in log, log
         assert "round 2/2 | matching loss" in log, log
         run_dir = out / name
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -96,29 +96,94 @@ def test_a_killed_run_resumes_at_the_next_round(superlink, tiny_mnist_dir, tmp_p
     assert load_synthetic_set(run_dir).round == 40
 
 
-def test_a_behaviour_written_outside_the_package_runs_in_a_simulation(tiny_mnist_dir, tmp_path):
-    """A user's behaviour module (not in sfdd_flwr) is named in the run config and loaded
-    by the simulated client that is marked malicious."""
+VECTOR_METHOD = """
+from dataclasses import dataclass
+
+import torch
+
+from sfdd_flwr.data.datasets import LabelledImages
+from sfdd_flwr.methods import LocalResult, SynthesisMethod, class_labels
+from sfdd_flwr.settings.schema import SettingsGroup, at_least, setting
+
+
+@dataclass(frozen=True)
+class VectorSettings(SettingsGroup):
+    title = "Vector method"
+    vector_length: int = setting(4, at_least(1), "length of the shared vector")
+
+
+class VectorMethod(SynthesisMethod):
+    \"\"\"Ships a vector; a client moves it halfway to its data's mean pixel value.\"\"\"
+
+    name = "vector"
+    settings_group = VectorSettings
+    round_metrics = {"vector-shift": "mean"}
+    checkpoint_file = "vector.pt"
+
+    def initial_state(self):
+        return {"vector": torch.zeros(self.settings.vector_length)}
+
+    def local_update(self, job):
+        vector = job.state["vector"]
+        moved = vector + 0.5 * (job.data.images.mean().cpu() - vector)
+        return LocalResult({"vector": moved}, {"vector-shift": float((moved - vector).abs().mean())})
+
+    def labelled_set(self, state, server_round, device, report=None):
+        spec = self.settings.dataset_spec
+        level = state["vector"].mean() + torch.arange(spec.num_classes, dtype=torch.float32)
+        images = level.view(-1, 1, 1, 1).expand(spec.num_classes, spec.channels, *spec.image_size)
+        return LabelledImages(images.contiguous(), class_labels(spec.num_classes, 1))
+"""
+
+RETURNS_THE_INPUT = """
+from sfdd_flwr.behaviours.base import ClientBehaviour
+
+
+class ReturnsTheInput(ClientBehaviour):
+    def local_update(self, job, method):
+        result = super().local_update(job, method)
+        result.state = {key: value.clone() for key, value in job.state.items()}
+        result.metrics["returned-the-input"] = 1.0
+        return result
+"""
+
+
+def test_a_method_and_a_behaviour_written_outside_the_package_run_in_a_simulation(tiny_mnist_dir, tmp_path):
+    """Plug-ins in a user's modules (not in sfdd_flwr), named in the run config: a toy
+    method that ships a vector (strategy, recorder, artifacts and ClientApp unchanged), and
+    a behaviour for the simulated client marked malicious."""
+    from sfdd_flwr.data.datasets import PartitionRequest, load_partition
+
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "my_behaviours.py").write_text(
-        "from sfdd_flwr.behaviours import ClientBehaviour\n\n"
-        "class ReturnsTheInput(ClientBehaviour):\n"
-        "    def local_update(self, job):\n"
-        "        result = super().local_update(job)\n"
-        "        result.update.images = job.synthetic_images.clone()\n"
-        "        result.metrics['returned-the-input'] = 1.0\n"
-        "        return result\n"
-    )
+    (plugins / "vector_method.py").write_text(VECTOR_METHOD)
+    (plugins / "my_behaviours.py").write_text(RETURNS_THE_INPUT)
     out = tmp_path / "out"
     with LocalSuperLink(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(plugins)}) as link:
         result = link.run(
-            f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='plugin' num-server-rounds=1 "
-            "malicious-clients='1' malicious-behaviour='my_behaviours:ReturnsTheInput'",
-            num_supernodes=2, timeout_seconds=300,
+            f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='plugin' min-clients=3 "
+            "method='vector_method:VectorMethod' malicious-clients='1' "
+            "malicious-behaviour='my_behaviours:ReturnsTheInput'",
+            num_supernodes=3, timeout_seconds=300,
         )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert "behaviour my_behaviours:ReturnsTheInput" in log, log
-    clients = json.loads((out / "plugin" / "metrics.jsonl").read_text().splitlines()[0])["clients"]
-    assert sorted(c.get("returned_the_input", 0.0) for c in clients) == [0.0, 1.0]
+    assert "method vector, behaviour my_behaviours:ReturnsTheInput" in log, log
+    assert "SUMMARY vector mnist IPC 1 (federated): 2 rounds" in log, log
+    run_dir = out / "plugin"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2] and all(m["clients_ok"] == 3 for m in metrics)
+    assert sorted(c.get("returned_the_input", 0.0) for c in metrics[0]["clients"]) == [0.0, 0.0, 1.0]
+    assert metrics[0]["vector_shift"] > 0 and 0.0 <= metrics[-1]["accuracy_mean"] <= 1.0
+    # Round 1 is FedAvg of each partition's move halfway from 0 to its mean; the malicious
+    # partition 1 returned the zeros it received.
+    parts = [load_partition(PartitionRequest("mnist", str(tiny_mnist_dir), p, 3)) for p in range(3)]
+    sizes = [len(part) for part in parts]
+    moves = [0.5 * float(part.images.mean()) if p != 1 else 0.0 for p, part in enumerate(parts)]
+    expected = sum(n * m for n, m in zip(sizes, moves)) / sum(sizes)
+    checkpoint = torch.load(run_dir / "vector.pt", weights_only=True)
+    assert checkpoint["metadata"]["round"] == 2 and checkpoint["metadata"]["method"] == "vector"
+    first = torch.load(run_dir / "synthetic_set_round_0001.pt", weights_only=True)
+    assert first["images"].shape == (10, 1, 28, 28) and first["labels"].tolist() == list(range(10))
+    assert float(first["images"][0].mean()) == pytest.approx(expected, abs=1e-5)
+    assert (run_dir / "grid_round_0002.png").is_file() and not (run_dir / "synthetic_set.pt").exists()

@@ -1,32 +1,26 @@
 """benchmarks/full_protocol.py (SFDD rounds without Flower) matches the Flower app."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from flower_helpers import InProcessGrid
 from sfdd_flwr import client_app
-from sfdd_flwr.artifacts import RunDirectory, load_synthetic_set
-from sfdd_flwr.attacks.backdoor import initial_trigger
-from sfdd_flwr.config import Settings
-from sfdd_flwr.data import DATASETS
-from sfdd_flwr.experiments import backdoor
-from sfdd_flwr.recorder import RunRecorder
+from sfdd_flwr.attacks.doorping.trigger import initial_trigger
+from sfdd_flwr.data.datasets import DATASETS
+from sfdd_flwr.runs.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.seeding import make_generator
-from sfdd_flwr.strategy import SFDDStrategy
+from sfdd_flwr.server_app import server_parts
+from sfdd_flwr.settings import Settings
+from sfdd_lab import full_protocol
+from sfdd_lab.experiments import backdoor
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
 MNIST = DATASETS["mnist"]
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "full_protocol.py"
-spec = importlib.util.spec_from_file_location("full_protocol", SCRIPT)
-full_protocol = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(full_protocol)
 
 
 def settings_for(data_dir, tmp_path, name, **extra) -> Settings:
@@ -44,9 +38,8 @@ def test_in_process_rounds_give_the_flower_apps_synthetic_set(tiny_mnist_dir, tm
         {101: client_app.app, 102: client_app.app},
         {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}},
     )
-    flower_images = SFDDStrategy(flower_settings, report=lambda _: None).distill(
-        grid, RunRecorder(flower_settings, "sfdd", None, lambda _: None)
-    )
+    strategy, recorder = server_parts(flower_settings, grid, lambda _: None)
+    flower_images = strategy.run(grid, recorder)["images"]
     summary = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "in-process", ipc=ipc), None, report=lambda _: None)
     assert summary["rounds"] == 2
     in_process = load_synthetic_set(summary["run_dir"]).images
@@ -68,7 +61,8 @@ def flower_run(settings: Settings, clients: int = 2) -> torch.Tensor:
         {101 + c: client_app.app for c in range(clients)},
         {101 + c: {"partition-id": c, "num-partitions": clients} for c in range(clients)},
     )
-    return SFDDStrategy(settings, report=lambda _: None).distill(grid, RunRecorder(settings, "sfdd", None, lambda _: None))
+    strategy, recorder = server_parts(settings, grid, lambda _: None)
+    return strategy.run(grid, recorder)["images"]
 
 
 def test_a_doorping_client_behaves_as_in_the_flower_app_and_its_trigger_is_scored(tiny_mnist_dir, tmp_path):
@@ -85,6 +79,7 @@ def test_a_doorping_client_behaves_as_in_the_flower_app_and_its_trigger_is_score
     assert 0.0 <= summary["final_attack_success_mean"] <= 1.0
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["client0_poisoned-examples"] >= 1 and "client1_poisoned-examples" not in records[-1]
+    assert records[-1]["matching_loss"] > 0
     saved = torch.load(Path(summary["run_dir"]) / "attack" / "trigger_client0.pt", weights_only=True)
     flower_saved = torch.load(tmp_path / "out" / "flower" / "attack" / "trigger_client0.pt", weights_only=True)
     assert saved["round"] == flower_saved["round"] == 2
@@ -121,10 +116,10 @@ def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_
     attack = {"ipc": 2, "min-clients": 3, "malicious-clients": "0", "malicious-behaviour": "doorping",
               "doorping-trigger-steps": 3, "aggregator": "multi-krum", "krum-malicious": 0, "multi-krum-select": 2}
     settings = settings_for(tiny_mnist_dir, tmp_path, "flower", **attack)
-    recorder = RunRecorder(settings, "sfdd", None, lambda _: None)
     grid = InProcessGrid({101 + c: client_app.app for c in range(3)},
                          {101 + c: {"partition-id": c, "num-partitions": 3} for c in range(3)})
-    flower_images = SFDDStrategy(settings, report=lambda _: None).distill(grid, recorder)
+    strategy, recorder = server_parts(settings, grid, lambda _: None)
+    flower_images = strategy.run(grid, recorder)["images"]
     summary = full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "in-process", **attack), None, report=lambda _: None)
     assert torch.allclose(load_synthetic_set(summary["run_dir"]).images, flower_images, atol=1e-6, rtol=0)
 
@@ -142,19 +137,23 @@ def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_
 
 
 def test_leaving_out_the_malicious_updates_aggregates_the_honest_ones_only():
+    from sfdd_flwr.aggregators import Combined
+    from sfdd_flwr.aggregators.fedavg import fedavg
+
     behaviours = ["doorping", "honest", "honest"]
-    arrays = [np.full((2, 2), v, np.float32) for v in (100.0, 1.0, 4.0)]
+    states = [{"images": torch.full((2, 2), v)} for v in (100.0, 1.0, 4.0)]
     weights = [1.0, 1.0, 3.0]
-    aggregate, kept = full_protocol.without_malicious_updates(behaviours, None, None)
-    assert np.allclose(aggregate(1, arrays, weights), (1.0 + 3 * 4.0) / 4) and kept(arrays) == [1, 2]
+    aggregate = full_protocol.without_malicious_updates(behaviours, lambda r, s, w: Combined(fedavg(s, w)))
+    combined = aggregate(1, states, weights)
+    assert torch.allclose(combined.state["images"], torch.full((2, 2), (1.0 + 3 * 4.0) / 4)) and combined.kept == [1, 2]
 
-    def first_of_the_rest(server_round, rest, rest_weights):
-        return rest[0]
+    def second_of_the_rest(server_round, rest, rest_weights):
+        return Combined(rest[1], [1])
 
-    aggregate, kept = full_protocol.without_malicious_updates(behaviours, first_of_the_rest, lambda rest: [1])
-    assert np.allclose(aggregate(1, arrays, weights), 1.0) and kept(arrays) == [2]
+    combined = full_protocol.without_malicious_updates(behaviours, second_of_the_rest)(1, states, weights)
+    assert torch.allclose(combined.state["images"], torch.full((2, 2), 4.0)) and combined.kept == [2]
     with pytest.raises(full_protocol.ConfigError, match="needs at least one honest client"):
-        full_protocol.without_malicious_updates(["doorping", "naive-backdoor"], None, None)
+        full_protocol.without_malicious_updates(["doorping", "naive-backdoor"], second_of_the_rest)
 
 
 def test_a_run_without_the_malicious_updates_records_the_honest_clients_as_kept(tiny_mnist_dir, tmp_path):
@@ -170,7 +169,7 @@ def test_a_run_without_the_malicious_updates_records_the_honest_clients_as_kept(
 
 
 def test_a_robust_aggregator_without_flwr_is_refused_with_the_reason(tiny_mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sfdd_flwr.strategy", None)  # as on a machine without flwr
+    monkeypatch.setitem(sys.modules, "sfdd_flwr.aggregators.robust", None)  # as on a machine without flwr
     with pytest.raises(full_protocol.ConfigError, match="aggregator='median' needs flwr"):
         full_protocol.run(settings_for(tiny_mnist_dir, tmp_path, "median", aggregator="median"), None, report=lambda _: None)
 

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from sfdd_flwr.launch import PROJECT_ROOT, stage_app
+from sfdd_lab.launch import PROJECT_ROOT, stage_app
 
 # Flower's FAB builder uses a pathspec pattern class that pathspec now deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
@@ -20,8 +20,10 @@ def test_the_staged_app_builds_the_same_bundle_as_the_checkout(tmp_path):
     assert build_fab_from_disk(staged) == from_checkout
     names = zipfile.ZipFile(io.BytesIO(from_checkout)).namelist()
     assert {"pyproject.toml", "sfdd_flwr/client_app.py", "sfdd_flwr/server_app.py", "conf/quickstart.yaml"} <= set(names)
-    assert not [name for name in names if name.startswith(("benchmarks/", "tests/", "docs/"))], names
-    assert len(from_checkout) < 1_000_000, "the bundle carries only the package and its presets"
+    assert not [name for name in names if name.startswith(("sfdd_lab/", "benchmarks/", "tests/", "docs/"))], names
+    app_modules = {path.relative_to(PROJECT_ROOT).as_posix() for path in (PROJECT_ROOT / "sfdd_flwr").rglob("*.py")}
+    assert {name for name in names if name.startswith("sfdd_flwr/")} == app_modules
+    assert len(from_checkout) < 1_000_000, "the bundle carries only the app package and its presets"
 
 
 def test_staging_again_replaces_the_previous_copy(tmp_path):

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from sfdd_flwr.attacks.leakage import (
+from sfdd_flwr.data.datasets import DATASETS
+from sfdd_flwr.models.convnet import NetworkSpec, build_network
+from sfdd_flwr.seeding import make_generator
+from sfdd_lab.attacks.leakage import (
     AttackParams,
     ObservedUpdate,
     reconstruct,
@@ -11,11 +14,8 @@ from sfdd_flwr.attacks.leakage import (
     score,
     total_variation,
 )
-from sfdd_flwr.data import DATASETS
-from sfdd_flwr.models import NetworkSpec, build_network
-from sfdd_flwr.seeding import make_generator
 
-SPEC = NetworkSpec(1, 3, (8, 8), width=16, depth=2, activation="sigmoid", pooling="none")
+SPEC = NetworkSpec(1, 3, (8, 8), net_width=16, net_depth=2, net_activation="sigmoid", net_pooling="none")
 
 
 def observed_single_step(truth: torch.Tensor, lr: float = 0.1) -> ObservedUpdate:

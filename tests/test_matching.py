@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sfdd_flwr.matching import layer_distance, match_distance
+from sfdd_flwr.methods.gradient_matching.distance import layer_distance, match_distance
 
 
 def _grads(seed: int):

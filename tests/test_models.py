@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sfdd_flwr.models import ConvNet, NetworkSpec, build_network
+from sfdd_flwr.models.convnet import ConvNet, NetworkSpec, build_network
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_convnet_layout_matches_dc_reference():
 
 
 def test_doorping_reference_convnet_has_a_hidden_dense_layer_before_the_classifier():
-    network = ConvNet(NetworkSpec(channels=1, num_classes=10, image_size=(28, 28), hidden=192))
+    network = ConvNet(NetworkSpec(channels=1, num_classes=10, image_size=(28, 28), net_hidden=192))
     assert (network.hidden.in_features, network.hidden.out_features) == (2048, 192)
     assert network.classifier.in_features == 192
     names = [name for name, _ in network.named_parameters()]
@@ -39,7 +39,7 @@ def test_doorping_reference_convnet_has_a_hidden_dense_layer_before_the_classifi
 
 
 def test_security_variant_without_pooling_and_with_sigmoid():
-    spec = NetworkSpec(1, 10, (28, 28), activation="sigmoid", pooling="none")
+    spec = NetworkSpec(1, 10, (28, 28), net_activation="sigmoid", net_pooling="none")
     network = ConvNet(spec)
     assert not any(isinstance(layer, (torch.nn.AvgPool2d, torch.nn.MaxPool2d)) for layer in network.body)
     assert any(isinstance(layer, torch.nn.Sigmoid) for layer in network.body)
@@ -47,7 +47,7 @@ def test_security_variant_without_pooling_and_with_sigmoid():
 
 
 def test_build_network_is_a_function_of_the_seed_and_leaves_global_rng_alone():
-    spec = NetworkSpec(1, 10, (28, 28), width=8)
+    spec = NetworkSpec(1, 10, (28, 28), net_width=8)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
     first = build_network(spec, seed=5)
@@ -61,4 +61,4 @@ def test_build_network_is_a_function_of_the_seed_and_leaves_global_rng_alone():
 
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="activation"):
-        ConvNet(NetworkSpec(1, 10, (28, 28), activation="tanh"))
+        ConvNet(NetworkSpec(1, 10, (28, 28), net_activation="tanh"))

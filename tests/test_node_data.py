@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from fakedata import write_imagefolder
-from sfdd_flwr import node_data
-from sfdd_flwr.config import Settings
-from sfdd_flwr.node_data import NodeDataError, load_node_split, request_for, whole_split
+from sfdd_flwr.data import node_data
+from sfdd_flwr.data.node_data import NodeDataError, load_node_split, request_for, whole_split
+from sfdd_flwr.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -158,9 +158,8 @@ def test_a_server_with_an_imagefolder_test_split_can_evaluate(tmp_path):
 
 
 def test_demo_hospitals_are_disjoint_imagefolders_that_fit_the_printed_declaration(tiny_mnist_dir, tmp_path, capsys):
-    from sfdd_flwr import demo_data
-    from sfdd_flwr.config import resolve_settings
-    from sfdd_flwr.centralized import parse_run_config
+    from sfdd_flwr.settings import parse_run_config, resolve_settings
+    from sfdd_lab import demo_data
 
     demo_data.main(["--data-dir", str(tiny_mnist_dir), "--out", str(tmp_path), "--nodes", "2",
                     "--train-per-class", "4", "--test-per-class", "2"])
@@ -172,3 +171,16 @@ def test_demo_hospitals_are_disjoint_imagefolders_that_fit_the_printed_declarati
         assert [len(split) for split in splits[name]] == [40, 20]
     rows = lambda split: {tuple(image.flatten().tolist()) for image in split.images}
     assert not rows(splits["hospital-a"][0]) & rows(splits["hospital-b"][0])
+
+
+def test_demo_hospitals_get_every_class_in_full_or_a_clear_error(tiny_mnist_dir, tmp_path):
+    """Each class is cut into equal shares per node, so a split with 10 test images per
+    class gives 3 nodes 3 each, and asking for 4 each names the class that falls short."""
+    from sfdd_lab import demo_data
+
+    demo_data.write_demo_hospitals("mnist", str(tiny_mnist_dir), tmp_path / "ok", 3, 10, 3)
+    for name in ("hospital-a", "hospital-b", "hospital-c"):
+        for c in range(10):
+            assert len(list((tmp_path / "ok" / name / "test" / str(c)).glob("*.png"))) == 3
+    with pytest.raises(ValueError, match="class 0 of the test split has 10 images: 3 nodes x 4 per class"):
+        demo_data.write_demo_hospitals("mnist", str(tiny_mnist_dir), tmp_path / "short", 3, 10, 4)

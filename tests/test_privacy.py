@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sfdd_flwr.privacy.ldpo_rld import LdpoRldTargets, linear_ramp_weights, obfuscated_target
-from sfdd_flwr.privacy.local_dp import LocalDpParams, clip_update, privacy_cost, privatise_update
+from sfdd_flwr.defences.ldpo_rld import LdpoRldTargets, linear_ramp_weights, obfuscated_target
+from sfdd_flwr.defences.local_dp import LocalDpSettings, clip_update, privacy_cost, privatise_update
 
 
 def test_linear_ramp_is_decreasing_and_sums_to_one():
@@ -65,26 +65,35 @@ def test_clipping_bounds_the_update_norm_and_matches_flower():
 
 @pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
 def test_privatised_update_without_noise_is_the_clipped_update(mechanism):
-    received = torch.zeros(4, 1, 28, 28)
-    updated = torch.ones(4, 1, 28, 28)
-    released = privatise_update(received, updated, LocalDpParams(1.0, 0.0, mechanism), torch.Generator())
-    assert released.images.norm().item() == pytest.approx(1.0, rel=1e-5)
+    received = {"images": torch.zeros(4, 1, 28, 28)}
+    updated = {"images": torch.ones(4, 1, 28, 28)}
+    released = privatise_update(received, updated, LocalDpSettings(1.0, 0.0, mechanism), torch.Generator())
+    assert released.state["images"].norm().item() == pytest.approx(1.0, rel=1e-5)
     assert math.isinf(released.epsilon)
 
 
 @pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
 def test_noise_has_the_configured_scale_and_is_seeded(mechanism):
-    received = torch.zeros(200, 1, 28, 28)
-    params = LocalDpParams(clip=1e-6, noise=0.5, mechanism=mechanism)
+    received = {"images": torch.zeros(200, 1, 28, 28)}
+    params = LocalDpSettings(local_dp_clip=1e-6, local_dp_noise=0.5, local_dp_mechanism=mechanism)
     first = privatise_update(received, received, params, torch.Generator().manual_seed(3))
     again = privatise_update(received, received, params, torch.Generator().manual_seed(3))
-    assert torch.equal(first.images, again.images)
+    assert torch.equal(first.state["images"], again.state["images"])
     expected_std = 0.5 if mechanism == "gaussian" else 0.5 * math.sqrt(2)
-    assert first.images.std().item() == pytest.approx(expected_std, rel=0.02)
+    assert first.state["images"].std().item() == pytest.approx(expected_std, rel=0.02)
+
+
+def test_a_state_of_several_arrays_is_clipped_as_one_vector():
+    received = {"a": torch.zeros(3), "b": torch.zeros(4)}
+    updated = {"a": torch.full((3,), 2.0), "b": torch.full((4,), 2.0)}
+    released = privatise_update(received, updated, LocalDpSettings(1.0, 0.0), torch.Generator())
+    joint = torch.cat([released.state["a"], released.state["b"]])
+    assert joint.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert released.update_norm == pytest.approx(2.0 * math.sqrt(7))
 
 
 def test_privacy_cost_formulas():
-    eps, delta = privacy_cost(LocalDpParams(1.0, 2.0, "gaussian", 1e-5), 100)
+    eps, delta = privacy_cost(LocalDpSettings(1.0, 2.0, "gaussian", 1e-5), 100)
     assert eps == pytest.approx(2 * math.sqrt(2 * math.log(1.25e5)) / 2.0) and delta == 1e-5
-    eps, delta = privacy_cost(LocalDpParams(1.0, 4.0, "laplace"), 100)
+    eps, delta = privacy_cost(LocalDpSettings(1.0, 4.0, "laplace"), 100)
     assert eps == pytest.approx(2 * 10 / 4.0) and delta == 0.0

@@ -8,12 +8,12 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from flower_helpers import InProcessGrid, delivered, error_reply
+from flower_helpers import InProcessGrid, delivered, error_reply, strategy_for
 from sfdd_flwr import client_app
-from sfdd_flwr.artifacts import load_synthetic_set
-from sfdd_flwr.config import Settings
-from sfdd_flwr.recorder import RunRecorder
-from sfdd_flwr.strategy import SFDDStrategy
+from sfdd_flwr.data.datasets import LabelledImages
+from sfdd_flwr.runs.artifacts import load_synthetic_set
+from sfdd_flwr.server_app import server_parts
+from sfdd_flwr.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("server_identity")
 
@@ -46,10 +46,10 @@ def instruction(node_id: int) -> Message:
     return delivered(Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN), node_id)
 
 
-def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, **metrics) -> Message:
+def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, extra=None, **metrics) -> Message:
     content = RecordDict()
     if images is not None:
-        content["synthetic-set"] = ArrayRecord({"images": Array(images)})
+        content["state"] = ArrayRecord({"images": Array(images)} | ({"extra": Array(extra)} if extra is not None else {}))
     content["metrics"] = MetricRecord(
         {"num-examples": num_examples, "matching-loss": 1.0, "local-update-seconds": 0.5, **metrics}
     )
@@ -57,7 +57,7 @@ def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, **me
 
 
 def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
-    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    strategy = strategy_for(tiny_settings("/tmp", tmp_path))
     replies = [
         reply(1, np.full(SHAPE, 1.0, np.float32), num_examples=300),
         reply(2, np.full(SHAPE, 5.0, np.float32), num_examples=100),
@@ -77,15 +77,16 @@ def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
         (lambda: reply(9, np.full(SHAPE, np.nan, np.float32)), "NaN/Inf"),
         (lambda: reply(9, np.full(SHAPE, np.inf, np.float32)), "NaN/Inf"),
         (lambda: reply(9, np.zeros((10, 1, 28, 27), np.float32)), "shape"),
-        (lambda: reply(9, None), "missing ArrayRecord 'synthetic-set'"),
-        (lambda: Message(RecordDict({"synthetic-set": ArrayRecord({"images": Array(np.zeros(SHAPE, np.float32))})}),
+        (lambda: reply(9, None), "missing ArrayRecord 'state'"),
+        (lambda: reply(9, np.zeros(SHAPE, np.float32), extra=np.zeros(3, np.float32)), "unexpected array(s) 'extra'"),
+        (lambda: Message(RecordDict({"state": ArrayRecord({"images": Array(np.zeros(SHAPE, np.float32))})}),
                          reply_to=instruction(9)), "missing MetricRecord 'metrics'"),
         (lambda: reply(9, np.zeros(SHAPE, np.float32), num_examples=0), "num-examples"),
         (lambda: error_reply(instruction(9), "ValueError: data does not fit"), "client error"),
     ],
 )
 def test_bad_replies_are_rejected_naming_the_node_and_the_rest_aggregated(tmp_path, flwr_log, bad_reply, fragment):
-    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    strategy = strategy_for(tiny_settings("/tmp", tmp_path))
     good = [reply(1, np.full(SHAPE, 1.0, np.float32)), reply(2, np.full(SHAPE, 3.0, np.float32))]
     arrays, _ = strategy.aggregate_train(4, [good[0], bad_reply(), good[1]])
     assert np.allclose(arrays["images"].numpy(), 2.0)
@@ -96,14 +97,14 @@ def test_bad_replies_are_rejected_naming_the_node_and_the_rest_aggregated(tmp_pa
 
 
 def test_a_round_with_only_bad_replies_aggregates_nothing(tmp_path):
-    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path), report=lambda text: None)
+    strategy = strategy_for(tiny_settings("/tmp", tmp_path))
     arrays, metrics = strategy.aggregate_train(1, [reply(3, None)])
     assert arrays is None and metrics is None
 
 
 def test_sampling_is_seeded_and_respects_fraction(tmp_path):
     settings = tiny_settings("/tmp", tmp_path, **{"fraction-train": 0.5, "min-clients": 2})
-    strategy = SFDDStrategy(settings, report=lambda text: None)
+    strategy = strategy_for(settings)
     grid = InProcessGrid({n: None for n in range(10, 20)})
     pick = lambda rnd: [m.metadata.dst_node_id for m in strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)]
     assert len(pick(1)) == 5
@@ -117,9 +118,8 @@ def run_clients(settings, tmp_path, handlers=None, rounds=None):
         {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}},
     )
     lines = []
-    strategy = SFDDStrategy(settings, report=lines.append)
-    recorder = RunRecorder(settings, "sfdd", None, lines.append)
-    images = strategy.distill(grid, recorder)
+    strategy, recorder = server_parts(settings, grid, lines.append)
+    images = strategy.run(grid, recorder)["images"]
     return grid, recorder, images, lines
 
 
@@ -141,7 +141,8 @@ def test_rounds_with_the_real_client_app_write_every_artifact(tiny_mnist_dir, tm
     assert metrics[0]["bytes_sent"] == metrics[0]["bytes_received"] == 2 * serialized
     assert any(line.startswith("round 2/2 | matching loss") and "ETA" in line for line in lines)
     # clients keep their momentum between rounds (client state, never sent)
-    assert all("synthetic-velocity" in ctx.state.array_records for ctx in grid.contexts.values())
+    assert all("method-state" in ctx.state.array_records for ctx in grid.contexts.values())
+    assert all("velocity" in ctx.state["method-state"] for ctx in grid.contexts.values())
 
 
 def test_a_failing_client_does_not_stop_the_round(tiny_mnist_dir, tmp_path):
@@ -212,7 +213,7 @@ def evaluation_reply(node_id: int, num_examples, accuracies, name: str | None = 
 
 
 def test_federated_accuracy_is_each_models_test_size_weighted_mean(tmp_path, flwr_log):
-    strategy = SFDDStrategy(tiny_settings("/tmp", tmp_path, **{"num-eval": 2}), report=lambda text: None)
+    strategy = strategy_for(tiny_settings("/tmp", tmp_path, **{"num-eval": 2}))
     replies = [
         evaluation_reply(1, 100, [0.5, 0.7], "hospital-a"),
         evaluation_reply(2, 300, [0.9, 0.1]),
@@ -233,8 +234,7 @@ def test_federated_accuracy_is_each_models_test_size_weighted_mean(tmp_path, flw
 def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(tiny_mnist_dir, tmp_path):
     """Nodes train the server's networks (same seeds) and hold disjoint shares of the
     test split, so the size-weighted federated accuracy equals the server's."""
-    from sfdd_flwr.data import load_split
-    from sfdd_flwr.recorder import server_evaluator
+    from sfdd_flwr.data.datasets import load_split
 
     settings = tiny_settings(
         tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5, "num-server-rounds": 1}
@@ -245,13 +245,9 @@ def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(t
          102: {"partition-id": 1, "num-partitions": 2}},
     )
     lines = []
-    strategy = SFDDStrategy(settings, report=lines.append)
     test_set = load_split("mnist", str(tiny_mnist_dir), train=False)
-    recorder = RunRecorder(
-        settings, "sfdd", server_evaluator(settings, test_set, torch.device("cpu"), lines.append), lines.append,
-        federated_evaluator=strategy.federated_evaluator(grid),
-    )
-    strategy.distill(grid, recorder)
+    strategy, recorder = server_parts(settings, grid, lines.append, test_set)
+    strategy.run(grid, recorder)
     summary = recorder.finish()
     metrics = recorder.run_dir.read_metrics()
     for record in metrics:
@@ -270,14 +266,13 @@ def test_federated_only_evaluation_reports_when_no_node_answers(tiny_mnist_dir, 
     settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"eval-mode": "federated", "num-server-rounds": 1})
     grid = InProcessGrid({101: client_app.app, 102: client_app.app},
                          {101: {"partition-id": 0, "num-partitions": 2}, 102: {"partition-id": 1, "num-partitions": 2}})
-    strategy = SFDDStrategy(settings, report=lambda text: None)
     lines = []
-    recorder = RunRecorder(settings, "sfdd", None, lines.append, federated_evaluator=strategy.federated_evaluator(grid))
-    strategy.distill(grid, recorder)
+    strategy, recorder = server_parts(settings, grid, lines.append)
+    strategy.run(grid, recorder)
     assert recorder.run_dir.read_metrics()[0]["federated_accuracy_mean"] is not None
 
     broken = InProcessGrid({101: lambda message, context: error_reply(message, "disk full")})
-    result = strategy.evaluate_federated(broken, 2, torch.zeros(SHAPE))
+    result = strategy.evaluate_federated(broken, 2, LabelledImages(torch.zeros(SHAPE), torch.arange(10)))
     assert result.nodes == [] and result.failures == ["node 101: client error: disk full"]
     record = recorder._federated_record(2, result, "")
     assert record["federated_accuracy_mean"] is None

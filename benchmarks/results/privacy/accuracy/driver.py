@@ -3,11 +3,14 @@
 Same settings as the experiment's accuracy stage with --rounds 20 --num-eval 3
 --eval-epochs 300 (DC ConvNet); LocalDP noise multiplier = matched noise / security clip,
 the matched noise (0.03) taken from the experiment's calibration."""
-import json, statistics, sys
+import json
+import statistics
+import sys
 from pathlib import Path
-from sfdd_flwr.experiments.privacy import (NUM_CLIENTS, security_settings, update_norms, sfdd_accuracy)
+
 from sfdd_flwr.config import Settings
 from sfdd_flwr.data import PartitionRequest, load_partition
+from sfdd_flwr.experiments.privacy import NUM_CLIENTS, security_settings, sfdd_accuracy, update_norms
 from sfdd_flwr.launch import LocalSuperLink
 
 data_dir, out, matched = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])

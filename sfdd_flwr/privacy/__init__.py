@@ -1,1 +1,0 @@
-"""Client-side defences against a curious server: LDPO-RLD and the LocalDP baseline."""
