@@ -10,9 +10,9 @@
 # evaluation of 1000 epochs with augmentation, once at the end).
 # EXTRA="key=value ..." adds settings to every run and wins over BASE and this script's own
 # (e.g. EXTRA="eval-augment='off' eval-epochs=300" for Doorping's evaluation protocol,
-# "net-hidden=192" for the ConvNet of Doorping's reference code, "doorping-clamp=false" for
-# its unclamped trigger, "eval-every=10" for evaluations during the run).
-# Uses benchmarks/full_protocol.py (the app's client code without Flower). Logs:
+# "net-hidden=192" for the ConvNet of Doorping's reference code, "doorping-clamp=true" for a
+# trigger kept in the pixel range, "eval-every=10" for evaluations during the run).
+# Uses python -m sfdd_lab.full_protocol (the app code without Flower; run from the repository root). Logs:
 # OUT_DIR/<run>.log; runs (S, trigger, metrics, summary) in OUT_DIR/runs.
 set -u
 data_dir=${1:?data dir}; out=${2:?output dir}; train_seconds=${3:-400}; num_eval=${4:-5}; job_timeout=${5:-0}
@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 "$python" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.is_available())" >> "$out/gpu.txt" 2>&1
 # Unpack the archives once, before several processes read them.
-"$python" -c "import sys; sys.path.insert(0, '.'); from sfdd_flwr.data import load_split; [load_split('mnist', sys.argv[1], train=t) for t in (True, False)]" "$data_dir" || exit 1
+"$python" -c "import sys; from sfdd_flwr.data.datasets import load_split; [load_split('mnist', sys.argv[1], train=t) for t in (True, False)]" "$data_dir" || exit 1
 common="${BASE:-preset='paper-ipc10'} data-dir='$data_dir' output-dir='$out/runs' eval-every=0 num-eval=$num_eval malicious-behaviour='doorping'"
 pids=()
 for name in ${RUNS:-attack-n3 clean-n3 attack-n1}; do
@@ -35,7 +35,7 @@ for name in ${RUNS:-attack-n3 clean-n3 attack-n1}; do
   if [ "$clients" -gt 1 ]; then flags+=(--parallel-clients); fi
   wrap=()
   if [ "$job_timeout" -gt 0 ]; then wrap=(timeout "$job_timeout"); fi
-  ${wrap[@]+"${wrap[@]}"} "$python" benchmarks/full_protocol.py "${flags[@]}" \
+  ${wrap[@]+"${wrap[@]}"} "$python" -m sfdd_lab.full_protocol "${flags[@]}" \
     -c "$common run-name='$name' min-clients=$clients malicious-clients='$malicious'" -c "${EXTRA:-}" \
     > "$out/$name.log" 2>&1 &
   pids+=($!)

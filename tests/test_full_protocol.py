@@ -1,4 +1,4 @@
-"""benchmarks/full_protocol.py (SFDD rounds without Flower) matches the Flower app."""
+"""sfdd_lab.full_protocol (rounds without Flower) matches the Flower app."""
 
 import json
 import sys

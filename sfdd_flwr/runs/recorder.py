@@ -112,9 +112,9 @@ class RunRecorder:
                 f"{settings.dataset}-ipc{settings.ipc}-{method.name}-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
             )
             self.run_dir = RunDirectory(settings.output_path / name)
-        self.session_started = time.monotonic()
+        self.started = time.monotonic()
         self.first_round = 1
-        self.rounds_done_in_session = 0
+        self.rounds_done_here = 0
         self.round_seconds_total = 0.0
         self.last_evaluation: dict[str, Any] | None = None
         self.last_federated_evaluation: dict[str, Any] | None = None
@@ -210,10 +210,10 @@ class RunRecorder:
         if evaluate_now:
             for observer in self.observers:
                 observer.keep(self.run_dir.path, round_number)
-        self.rounds_done_in_session += 1
+        self.rounds_done_here += 1
         self.round_seconds_total += float(round_metrics.get("round_seconds", 0.0))
         remaining = self.settings.num_server_rounds - round_number
-        eta = remaining * self.round_seconds_total / self.rounds_done_in_session
+        eta = remaining * self.round_seconds_total / self.rounds_done_here
         parts = [f"round {round_number}/{self.settings.num_server_rounds}"]
         described = self.method.describe_round(round_metrics)
         if described:
@@ -226,7 +226,7 @@ class RunRecorder:
         self.report(" | ".join(parts))
         if evaluate_now:
             record.update(self._evaluate(round_number, state))
-        record["elapsed_seconds"] = round(time.monotonic() - self.session_started, 3)
+        record["elapsed_seconds"] = round(time.monotonic() - self.started, 3)
         self.run_dir.append_metrics(record)
         return record
 
