@@ -49,6 +49,17 @@ def measure(data_dir: str, rounds: int, clients: int, num_cpus: float, workdir: 
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -62,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for num_cpus in args.num_cpus:
             rows.append(measure(args.data_dir, args.rounds, args.clients, num_cpus, Path(tmp), args.run_config))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; {args.clients} clients, rounds 2..{args.rounds}")
     print("| client-resources-num-cpus | s per client local update | s per round | overhead share | round 1 (start-up) s |")
     print("| --- | --- | --- | --- | --- |")
