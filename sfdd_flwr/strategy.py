@@ -17,6 +17,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from .aggregators import Combined
+from .aggregators.bounds import BoundsSettings, bound_replies
 from .aggregators.fedavg import weight_problem
 from .data.datasets import LabelledImages
 from .evaluation.federated import FederatedEvalResult, NodeEvaluation, combine_node_evaluations, evaluation_problem
@@ -110,6 +112,9 @@ class SynthesisStrategy(FedAvg):
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
         self.last_round_metrics: dict[str, float] = {}
+        # What the bounds did in the last round: node ids whose update was clipped or
+        # whose weight was capped.
+        self.last_round_bounded: dict[str, list[int]] = {}
         # Nodes whose state a selecting rule (Krum) combined in the last round; None: all.
         self.last_round_kept: list[int] | None = None
         self.last_evaluation: FederatedEvalResult | None = None
@@ -175,7 +180,24 @@ class SynthesisStrategy(FedAvg):
             return None, None
         weights = [float(reply.content.metric_records[METRICS_KEY][NUM_EXAMPLES_KEY]) for reply in accepted]
         states = [record_state(reply.content.array_records[STATE_KEY]) for reply in accepted]
-        combined = self.method.combine(server_round, states, weights)
+        nodes = [reply.metadata.src_node_id for reply in accepted]
+        bounded = bound_replies(self.settings.group(BoundsSettings), self.sent_state, states, weights,
+                                [f"node {node}" for node in nodes])
+        for note in bounded.notes:
+            log(WARNING, "round %d: %s", server_round, note)
+        self.last_round_failures += [note for note in bounded.notes if note.endswith(": rejected")]
+        self.last_round_bounded = {
+            "updates_clipped": [nodes[i] for i in bounded.clipped], "weights_capped": [nodes[i] for i in bounded.capped],
+        }
+        accepted = [accepted[i] for i in bounded.kept]
+        if not accepted:
+            return None, None
+        if self.method.flower_fedavg and self.settings.aggregator == "fedavg":
+            combined = Combined(record_state(self.flower_fedavg(server_round, accepted, bounded.states, bounded.weights)))
+        else:
+            combined = self.method.combine(server_round, bounded.states, bounded.weights)
+        weights = bounded.weights
+        self.method.finish_round(server_round, combined.state)
         client_metrics = [metrics_dict(reply.content.metric_records[METRICS_KEY]) for reply in accepted]
         seconds = [float(m.get(LOCAL_SECONDS_KEY, 0.0)) for m in client_metrics]
         self.last_round_metrics = reduce_metrics(self.metric_reductions, client_metrics, weights)
@@ -196,6 +218,23 @@ class SynthesisStrategy(FedAvg):
             }
         )
         return state_record(combined.state), metrics
+
+    def flower_fedavg(
+        self, server_round: int, accepted: list[Message], states: list[State], weights: list[float]
+    ) -> ArrayRecord:
+        """Flower's FedAvg (`aggregate_train` of the base class) over the accepted states.
+
+        It insists on identical metric keys across replies, so it gets replies of the
+        (bounded) state and weight only."""
+        minimal = [
+            Message(
+                RecordDict({STATE_KEY: state_record(state), METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: weight})}),
+                metadata=reply.metadata,
+            )
+            for reply, state, weight in zip(accepted, states, weights)
+        ]
+        arrays, _ = super().aggregate_train(server_round, minimal)
+        return arrays
 
     def run(self, grid: Grid, recorder: RunRecorder) -> State:
         """Run rounds `recorder.first_round`..`num_server_rounds`; return the final state."""
@@ -240,6 +279,7 @@ class SynthesisStrategy(FedAvg):
                     "bytes_sent": record_bytes(arrays) * len(messages),
                     "bytes_received": received_bytes,
                     "clients": self.last_round_clients,
+                    **{key: nodes for key, nodes in self.last_round_bounded.items() if nodes},
                     **({"aggregator_kept": self.last_round_kept} if self.last_round_kept is not None else {}),
                 },
             )

@@ -82,6 +82,7 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
             )
             results.append(method.local_update(job))
         state = average_states([result.state for result in results])
+        method.finish_round(iteration, state)
         method_states = [result.method_state for result in results]
         seconds = round(time.monotonic() - started, 3)
         recorder.end_round(

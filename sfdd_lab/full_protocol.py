@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from sfdd_flwr.aggregators import Aggregate, Combined
 from sfdd_flwr.attacks import round_observers
 from sfdd_flwr.data.node_data import whole_split
 from sfdd_flwr.defences import defence_for
@@ -48,25 +47,17 @@ from sfdd_flwr.settings import ConfigError, Settings, settings_from_run_configs
 from .local_federation import ClientPool, federated_round
 
 
-def without_malicious_updates(behaviours: list[str], aggregate: Aggregate) -> Aggregate:
-    """`aggregate` over the honest clients' states only; the clients it kept are named by
-    their index among all clients."""
-    honest = [client for client, name in enumerate(behaviours) if name == "honest"]
-    if not honest:
+def malicious_clients(behaviours: list[str]) -> frozenset[int]:
+    """The clients whose replies the control leaves out: every one that is not honest."""
+    left_out = frozenset(client for client, name in enumerate(behaviours) if name != "honest")
+    if len(left_out) == len(behaviours):
         raise ConfigError("--exclude-malicious-updates needs at least one honest client; every client is malicious")
-
-    def aggregate_honest(server_round: int, states, weights) -> Combined:
-        combined = aggregate(server_round, [states[c] for c in honest], [weights[c] for c in honest])
-        kept = honest if combined.kept is None else [honest[index] for index in combined.kept]
-        return Combined(combined.state, kept)
-
-    return aggregate_honest
+    return left_out
 
 
 def run(settings: Settings, max_train_seconds: float | None, report=print, parallel_clients: bool = False,
         exclude_malicious_updates: bool = False) -> dict[str, Any]:
     method = load_method(settings.method)(settings)
-    aggregate: Aggregate = method.combine
     device = resolve_device(settings.device)
     report(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     test_set = whole_split(settings.task, train=False) if settings.num_eval else None
@@ -83,10 +74,9 @@ def run(settings: Settings, max_train_seconds: float | None, report=print, paral
     train_seconds = 0.0
     stopping = False
     try:
-        if exclude_malicious_updates:
-            aggregate = without_malicious_updates(pool.behaviours, aggregate)
+        left_out = malicious_clients(pool.behaviours) if exclude_malicious_updates else frozenset()
         for server_round in range(recorder.first_round, settings.num_server_rounds + 1):
-            state, metrics = federated_round(pool, server_round, state, aggregate, reductions)
+            state, metrics = federated_round(pool, server_round, state, method, reductions, left_out)
             train_seconds += metrics["round_seconds"]
             out_of_time = max_train_seconds is not None and train_seconds >= max_train_seconds
             stopping = out_of_time and server_round < settings.num_server_rounds

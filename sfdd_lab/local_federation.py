@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from sfdd_flwr.aggregators import Aggregate
+from sfdd_flwr.aggregators.bounds import BoundsSettings, bound_replies
 from sfdd_flwr.behaviours.registry import behaviour_for_node, load_behaviour, private_seed
 from sfdd_flwr.data.node_data import load_node_split, request_for
-from sfdd_flwr.methods import LocalJob, State, load_method
+from sfdd_flwr.methods import LocalJob, State, SynthesisMethod, load_method
 from sfdd_flwr.methods.base import reduce_metrics
 from sfdd_flwr.settings import ConfigError, Settings
 
@@ -173,19 +173,28 @@ def federated_round(
     pool: ClientPool,
     server_round: int,
     state: State,
-    aggregate: Aggregate,
+    method: SynthesisMethod,
     reductions: dict[str, str],
+    left_out: frozenset[int] = frozenset(),
 ) -> tuple[State, dict[str, Any]]:
-    """One round: every client's update (its behaviour), then `aggregate` (the method's
-    `combine`, or a control's). The clients whose states a selecting rule (Krum) kept
-    are recorded as `aggregator_kept`."""
+    """One round: every client's update (its behaviour), the reply bounds, then the
+    method's `combine`, as the Strategy does. `left_out` clients run but their replies
+    are not combined (a control). The clients a selecting rule (Krum) kept, or all the
+    combined ones when some are left out, are recorded as `aggregator_kept`; the
+    bounds' interventions as `updates_clipped`, `weights_capped` and `failures`."""
     started = time.monotonic()
     replies = pool.round(server_round, state)
-    weights = [reply["weight"] for reply in replies]
-    combined = aggregate(server_round, [reply["state"] for reply in replies], weights)
+    clients = [c for c in range(len(replies)) if c not in left_out]
+    bounded = bound_replies(
+        method.settings.group(BoundsSettings), state, [replies[c]["state"] for c in clients],
+        [replies[c]["weight"] for c in clients], [f"client {c}" for c in clients],
+    )
+    combined_clients = [clients[i] for i in bounded.kept]
+    combined = method.combine(server_round, bounded.states, bounded.weights)
+    method.finish_round(server_round, combined.state)
     seconds = [reply["seconds"] for reply in replies]
     metrics: dict[str, Any] = {
-        **reduce_metrics(reductions, [reply["metrics"] for reply in replies], weights),
+        **reduce_metrics(reductions, [replies[c]["metrics"] for c in combined_clients], bounded.weights),
         "local_update_seconds_sum": round(sum(seconds), 3),
         "local_update_seconds_max": round(max(seconds), 3),
         "round_seconds": round(time.monotonic() - started, 3),
@@ -193,6 +202,13 @@ def federated_round(
     for client, reply in enumerate(replies):
         for key, value in reply["metrics"].items():
             metrics[f"client{client}_{key}"] = value
+    for key, indices in (("updates_clipped", bounded.clipped), ("weights_capped", bounded.capped)):
+        if indices:
+            metrics[key] = [clients[i] for i in indices]
+    if bounded.notes:
+        metrics["failures"] = [note for note in bounded.notes if note.endswith(": rejected")]
     if combined.kept is not None:
-        metrics["aggregator_kept"] = combined.kept
+        metrics["aggregator_kept"] = [combined_clients[i] for i in combined.kept]
+    elif left_out:
+        metrics["aggregator_kept"] = combined_clients
     return combined.state, metrics

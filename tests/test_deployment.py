@@ -133,6 +133,22 @@ def test_a_run_on_three_hospitals_writes_s_and_metrics_and_reports_federated_acc
     assert "SUMMARY gradient-matching imagefolder IPC 1 (federated): 2 rounds" in log, log
 
 
+def test_the_diffusion_generator_trains_on_the_three_hospitals(federation):
+    """The second synthesizer over TLS and authenticated nodes: the weights travel, the
+    samples are evaluated by the hospitals on their held-out images."""
+    out = federation.work / "out"
+    config = RUN_CONFIG.replace("preset='smoke'", "preset='diffusion-smoke'").replace(
+        "num-server-rounds=2", "num-server-rounds=1")
+    log, returncode = federation.run(config + f" min-clients=3 output-dir='{out}' run-name='generator'")
+    assert returncode == 0, log
+    assert "SUMMARY diffusion imagefolder IPC 1 (federated): 1 rounds" in log, log
+    metrics = [json.loads(line) for line in (out / "generator" / "metrics.jsonl").read_text().splitlines()]
+    assert all((m["clients_ok"], m["clients_failed"]) == (3, 0) for m in metrics)
+    assert metrics[-1]["federated_test_examples"] == len(HOSPITALS) * 10 * TEST_PER_CLASS
+    assert 0.0 <= metrics[-1]["federated_accuracy_mean"] <= 1.0
+    assert (out / "generator" / "generator.pt").is_file()
+
+
 def test_a_misfit_node_is_reported_and_a_killed_node_costs_one_timeout(federation):
     """hospital-d's data does not fit: it answers with an error the server logs by name.
     hospital-c is killed during round 1: the round waits `round-timeout`, aggregates the

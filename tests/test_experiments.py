@@ -9,6 +9,7 @@ import torch
 from sfdd_flwr.attacks import round_observers
 from sfdd_flwr.attacks.doorping.trigger import initial_trigger, mean_trigger
 from sfdd_flwr.methods.gradient_matching import GradientMatching
+from sfdd_flwr.runs.artifacts import RunDirectory
 from sfdd_flwr.runs.recorder import RunRecorder
 from sfdd_flwr.settings import Settings
 from sfdd_lab.experiments import backdoor, privacy
@@ -142,3 +143,36 @@ def test_malicious_updates_kept_counts_rounds_with_an_attacker_among_the_kept():
     unmapped = [{"round": 1, "aggregator_kept": [11], "clients": [{"node": 11, "partition_id": 0.0}, {"node": 12}]}]
     with pytest.raises(ValueError, match="round 1: a client reported no partition id"):
         backdoor.malicious_updates_kept(unmapped, {0})
+
+
+def test_the_side_by_side_table_reads_traffic_and_renders_every_row(tiny_mnist_dir, tmp_path):
+    from sfdd_lab.experiments import generative_privacy
+
+    run_dir = RunDirectory(tmp_path / "run")
+    run_dir.prepare()
+    for round_number in (1, 2):
+        run_dir.append_metrics({"round": round_number, "bytes_sent": 300, "bytes_received": 300,
+                                "clients_ok": 3, "clients_failed": 0})
+    assert generative_privacy.traffic(run_dir.path) == (200.0, 1200.0)
+    rows = [
+        {"dataset": "mnist", "system": "SFDD, IPC 10", "accuracy": 0.9, "accuracy_std": 0.01,
+         "bytes_per_client_round": 62720.0, "bytes_total": 6.3e6, "wall_seconds": 600.0, "mia_auc_classifier": 0.51},
+        {"dataset": "mnist", "system": "diffusion, DP ε = 10", "accuracy": 0.8, "accuracy_std": 0.02,
+         "accuracy_10_per_class": 0.7, "bytes_per_client_round": 2.1e6, "bytes_total": 1.7e8, "wall_seconds": 900.0,
+         "mia_auc_classifier": 0.5, "mia_auc_generator": 0.52, "epsilon": 9.97},
+    ]
+    text = generative_privacy.table(rows)
+    assert "| mnist | SFDD, IPC 10 | 90.00 ± 1.00 | - | 0.063 | 6.3 | 10.0 min | 0.510 | - | - |" in text
+    assert "| 70.00 |" in text and "| 9.97 |" in text
+    assert generative_privacy.plot(rows, tmp_path / "table.png").stat().st_size > 1000
+    names = [row.name for row in generative_privacy.rows_for("cpu")]
+    assert names == ["SFDD, IPC 10", "SFDD, IPC 50", "diffusion, no DP", "diffusion, DP ε = 10", "diffusion, DP ε = 1"]
+
+
+def test_the_upper_bound_is_fedavg_of_classifiers_on_the_real_partitions(tiny_mnist_dir):
+    from sfdd_lab.experiments import generative_privacy
+
+    settings = Settings.from_mapping({"preset": "", "data-dir": str(tiny_mnist_dir), "net-width": 8, "min-clients": 5})
+    bound = generative_privacy.fedavg_classifier(settings, rounds=2, local_epochs=1, count=20)
+    assert 0.0 <= bound["accuracy"] <= 1.0 and 0.0 <= bound["mia_auc_classifier"] <= 1.0
+    assert bound["bytes_total"] == bound["bytes_per_client_round"] * 5 * 2 > 0

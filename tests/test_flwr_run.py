@@ -52,6 +52,30 @@ def test_flwr_run_simulation_writes_artifacts_and_is_reproducible(superlink, tin
     assert [m["accuracies"] for m in first_metrics] == [m["accuracies"] for m in second_metrics]
 
 
+def test_the_diffusion_generator_runs_in_a_simulation(superlink, tiny_mnist_dir, tmp_path):
+    """The second synthesizer through a real `flwr run`: FedAvg of the UNet's weights,
+    its checkpoint, the sampled set and its evaluation, with DP-SGD's ε per round."""
+    out = tmp_path / "out"
+    result = superlink.run(
+        f"preset='diffusion-smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='generator' "
+        "dp-noise-multiplier=1.0",
+        num_supernodes=2, timeout_seconds=300,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "SUMMARY diffusion mnist IPC 1 (federated): 2 rounds" in log, log
+    assert "round 2/2 | denoising loss" in log and "| ε " in log, log
+    run_dir = out / "generator"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2] and all(m["clients_ok"] == 2 for m in metrics)
+    assert 0 < metrics[0]["dp_epsilon"] < metrics[1]["dp_epsilon"] and 0.0 <= metrics[1]["accuracy_mean"] <= 1.0
+    assert metrics[0]["bytes_received"] == metrics[0]["bytes_sent"] > 100_000  # the weights both ways
+    assert torch.load(run_dir / "generator.pt", weights_only=True)["metadata"]["round"] == 2
+    samples = torch.load(run_dir / "synthetic_set_round_0002.pt", weights_only=True)
+    assert samples["images"].shape == (20, 1, 28, 28) and (run_dir / "grid_round_0002.png").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["last_round"]["dp_epsilon"] == metrics[1]["dp_epsilon"]
+
+
 def test_invalid_setting_stops_the_run_before_training(superlink, tiny_mnist_dir, tmp_path):
     result = superlink.run(
         f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' ipc=0", num_supernodes=2, timeout_seconds=300
@@ -151,7 +175,8 @@ class ReturnsTheInput(ClientBehaviour):
 def test_a_method_and_a_behaviour_written_outside_the_package_run_in_a_simulation(tiny_mnist_dir, tmp_path):
     """Plug-ins in a user's modules (not in sfdd_flwr), named in the run config: a toy
     method that ships a vector (strategy, recorder, artifacts and ClientApp unchanged), and
-    a behaviour for the simulated client marked malicious."""
+    a behaviour for the simulated client marked malicious (the reply bounds are off: they
+    would reject its reply, far from the others')."""
     from sfdd_flwr.data.datasets import PartitionRequest, load_partition
 
     plugins = tmp_path / "plugins"
@@ -162,7 +187,7 @@ def test_a_method_and_a_behaviour_written_outside_the_package_run_in_a_simulatio
     with LocalSuperLink(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(plugins)}) as link:
         result = link.run(
             f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='plugin' min-clients=3 "
-            "method='vector_method:VectorMethod' malicious-clients='1' "
+            "method='vector_method:VectorMethod' malicious-clients='1' max-update-ratio=0 "
             "malicious-behaviour='my_behaviours:ReturnsTheInput'",
             num_supernodes=3, timeout_seconds=300,
         )

@@ -136,24 +136,10 @@ def test_multi_krum_records_whom_it_kept_as_the_flower_strategy_does(tiny_mnist_
         assert backdoor.malicious_updates_kept(RunDirectory(summary["run_dir"]).read_metrics(), {partition}) == expected
 
 
-def test_leaving_out_the_malicious_updates_aggregates_the_honest_ones_only():
-    from sfdd_flwr.aggregators import Combined
-    from sfdd_flwr.aggregators.fedavg import fedavg
-
-    behaviours = ["doorping", "honest", "honest"]
-    states = [{"images": torch.full((2, 2), v)} for v in (100.0, 1.0, 4.0)]
-    weights = [1.0, 1.0, 3.0]
-    aggregate = full_protocol.without_malicious_updates(behaviours, lambda r, s, w: Combined(fedavg(s, w)))
-    combined = aggregate(1, states, weights)
-    assert torch.allclose(combined.state["images"], torch.full((2, 2), (1.0 + 3 * 4.0) / 4)) and combined.kept == [1, 2]
-
-    def second_of_the_rest(server_round, rest, rest_weights):
-        return Combined(rest[1], [1])
-
-    combined = full_protocol.without_malicious_updates(behaviours, second_of_the_rest)(1, states, weights)
-    assert torch.allclose(combined.state["images"], torch.full((2, 2), 4.0)) and combined.kept == [2]
+def test_the_control_leaves_out_every_client_that_is_not_honest():
+    assert full_protocol.malicious_clients(["doorping", "honest", "naive-backdoor"]) == {0, 2}
     with pytest.raises(full_protocol.ConfigError, match="needs at least one honest client"):
-        full_protocol.without_malicious_updates(["doorping", "naive-backdoor"], second_of_the_rest)
+        full_protocol.malicious_clients(["doorping", "naive-backdoor"])
 
 
 def test_a_run_without_the_malicious_updates_records_the_honest_clients_as_kept(tiny_mnist_dir, tmp_path):

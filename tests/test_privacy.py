@@ -97,3 +97,19 @@ def test_privacy_cost_formulas():
     assert eps == pytest.approx(2 * math.sqrt(2 * math.log(1.25e5)) / 2.0) and delta == 1e-5
     eps, delta = privacy_cost(LocalDpSettings(1.0, 4.0, "laplace"), 100)
     assert eps == pytest.approx(2 * 10 / 4.0) and delta == 0.0
+
+
+def test_the_composed_epsilon_is_opacus_rdp_accountant_over_the_rounds():
+    from opacus.accountants import RDPAccountant
+
+    from sfdd_flwr.defences.local_dp import composed_epsilon
+
+    params = LocalDpSettings(local_dp_clip=0.5, local_dp_noise=2.0, local_dp_delta=1e-5)
+    reference = RDPAccountant()
+    for _ in range(7):
+        reference.step(noise_multiplier=2.0 / (2 * 0.5), sample_rate=1.0)
+    assert composed_epsilon(params, 100, 7) == pytest.approx(reference.get_epsilon(1e-5))
+    assert composed_epsilon(params, 100, 7) > composed_epsilon(params, 100, 1)
+    laplace = LocalDpSettings(1.0, 4.0, "laplace")
+    assert composed_epsilon(laplace, 100, 3) == pytest.approx(3 * privacy_cost(laplace, 100)[0])
+    assert math.isinf(composed_epsilon(LocalDpSettings(1.0, 0.0), 100, 3))

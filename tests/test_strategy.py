@@ -57,7 +57,7 @@ def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, extr
 
 
 def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
-    strategy = strategy_for(tiny_settings("/tmp", tmp_path))
+    strategy = strategy_for(tiny_settings("/tmp", tmp_path, **{"max-weight-share": 1.0, "max-update-ratio": 0}))
     replies = [
         reply(1, np.full(SHAPE, 1.0, np.float32), num_examples=300),
         reply(2, np.full(SHAPE, 5.0, np.float32), num_examples=100),
@@ -69,6 +69,11 @@ def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
     assert np.allclose(images, 2.0)
     assert metrics["num-examples"] == 400
     assert metrics["local-update-seconds-sum"] == pytest.approx(1.0)
+    # With the default bounds neither of two replies outweighs the other (max-weight-share 0.5).
+    close = [reply(1, np.full(SHAPE, 1.0, np.float32), num_examples=300),
+             reply(2, np.full(SHAPE, 2.0, np.float32), num_examples=100)]
+    arrays, _ = strategy_for(tiny_settings("/tmp", tmp_path)).aggregate_train(1, close)
+    assert np.allclose(arrays["images"].numpy(), 1.5)
 
 
 @pytest.mark.parametrize(

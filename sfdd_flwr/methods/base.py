@@ -155,6 +155,9 @@ class SynthesisMethod:
     round_metrics: ClassVar[dict[str, str]] = {}
     # The checkpoint in the run directory, rewritten after every round.
     checkpoint_file: ClassVar[str] = "state.pt"
+    # With `aggregator='fedavg'`, let the Flower strategy combine replies with Flower's own
+    # FedAvg over the ArrayRecord (float32 accumulation) instead of `combine`'s float64 mean.
+    flower_fedavg: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -175,6 +178,9 @@ class SynthesisMethod:
         if self._aggregate is None:
             self._aggregate = make_aggregator(self.settings)
         return self._aggregate(server_round, states, weights)
+
+    def finish_round(self, server_round: int, state: State) -> None:
+        """Called with each round's combined state (e.g. to keep an EMA of it)."""
 
     def labelled_set(
         self, state: State, server_round: int, device: torch.device, report: Callable[[str], None] | None = None

@@ -337,6 +337,10 @@ class RunRecorder:
             "final_federated_accuracy_mean": federated["federated_accuracy_mean"] if federated else None,
             "final_federated_accuracy_std": federated["federated_accuracy_std"] if federated else None,
             "federated_test_examples": federated["federated_test_examples"] if federated else None,
+            "last_round": {
+                key: value for key, value in (records[-1] if records else {}).items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)
+            },
             "num_eval_models": self.settings.num_eval,
             "eval_epochs": params.eval_epochs,
             "seconds": round(total_seconds, 1),

@@ -46,6 +46,7 @@ def builtin_groups() -> tuple[type[SettingsGroup], ...]:
     data and the synthesis first, then each registered method's, defence's, behaviour's
     and the aggregators' own."""
     from ..aggregators import AggregationSettings
+    from ..aggregators.bounds import BoundsSettings
     from ..behaviours.registry import BEHAVIOURS, BehaviourSettings
     from ..data.settings import DataSettings
     from ..defences import DEFENCES, DefenceSettings
@@ -62,6 +63,7 @@ def builtin_groups() -> tuple[type[SettingsGroup], ...]:
         NetworkSettings,
         FederationSettings,
         AggregationSettings,
+        BoundsSettings,
         EvaluationSettings,
         DefenceSettings,
         *(defence.settings_group for defence in DEFENCES.values()),
