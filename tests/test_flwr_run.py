@@ -18,11 +18,12 @@ from sfdd_lab.launch import LocalSuperLink
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def superlink(tmp_path):
-    """A private simulation SuperLink, stopped by PID at the end (also on failure)."""
-    link = LocalSuperLink(tmp_path, {"XDG_CACHE_HOME": str(tmp_path / "cache")})
-    with link:
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory):
+    """A private simulation SuperLink the module's runs share (starting one takes seconds),
+    stopped by PID at the end (also on failure)."""
+    home = tmp_path_factory.mktemp("superlink")
+    with LocalSuperLink(home, {"XDG_CACHE_HOME": str(home / "cache")}) as link:
         yield link
 
 
@@ -85,14 +86,15 @@ def test_invalid_setting_stops_the_run_before_training(superlink, tiny_mnist_dir
     assert "round 1/" not in log
 
 
-def test_a_killed_run_resumes_at_the_next_round(superlink, tiny_mnist_dir, tmp_path):
+def test_a_killed_run_resumes_at_the_next_round(tiny_mnist_dir, tmp_path):
     """SIGKILL the whole SuperLink process group mid-run, then resume on a new SuperLink."""
     out = tmp_path / "out"
     run_dir = out / "crash"
     config = (
         f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='crash' "
-        "num-server-rounds=40 eval-every=0"
+        "num-server-rounds=20 eval-every=0"
     )
+    superlink = LocalSuperLink(tmp_path / "first", {"XDG_CACHE_HOME": str(tmp_path / "cache")}).start()
     client = superlink.submit(config, num_supernodes=2, log_path=tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 180
@@ -106,18 +108,19 @@ def test_a_killed_run_resumes_at_the_next_round(superlink, tiny_mnist_dir, tmp_p
     finally:
         client.kill()
         client.wait()
+        superlink.stop()
     time.sleep(2)  # nothing may write after the kill: the checkpoint must stay put
     saved_round = load_synthetic_set(run_dir).round
-    assert 3 <= saved_round < 40, "the run finished before it could be killed"
+    assert 3 <= saved_round < 20, "the run finished before it could be killed"
 
     with LocalSuperLink(tmp_path / "second", {"XDG_CACHE_HOME": str(tmp_path / "cache")}) as second:
         result = second.run(config + f" resume-from='{run_dir}'", num_supernodes=2, timeout_seconds=300)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert f"continuing with round {saved_round + 1}/40" in log, log
+    assert f"continuing with round {saved_round + 1}/20" in log, log
     rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == list(range(1, 41))
-    assert load_synthetic_set(run_dir).round == 40
+    assert rounds == list(range(1, 21))
+    assert load_synthetic_set(run_dir).round == 20
 
 
 VECTOR_METHOD = """

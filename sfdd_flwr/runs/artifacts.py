@@ -113,11 +113,19 @@ class RunDirectory:
         atomic_write(path, lambda p: torch.save(payload, p))
         return path
 
-    def save_grid(self, labelled: LabelledImages, spec: DatasetSpec, round_number: int) -> Path:
+    def save_grid(
+        self, labelled: LabelledImages, spec: DatasetSpec, round_number: int, most_per_class: int = 20
+    ) -> Path:
         """A PNG of a class-ordered set in pixel space: one row per class (one single row
-        when each class has one image), upscaled to at least 56 px per image."""
+        when each class has one image), at most `most_per_class` images of each (a
+        generator's thousands of samples would not be readable), upscaled to at least
+        56 px per image."""
         from torchvision.utils import save_image
 
+        labels = labelled.labels.cpu()
+        if len(labels):
+            shown = torch.cat([torch.nonzero(labels == c).flatten()[:most_per_class] for c in labels.unique()])
+            labelled = LabelledImages(labelled.images[shown], labels[shown])
         pixels = denormalise(labelled.images.detach().cpu().to(torch.float32), spec)
         scale = max(1, 56 // pixels.shape[-1])
         if scale > 1:
