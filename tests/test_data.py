@@ -191,3 +191,23 @@ def test_archive_folder_is_used_without_writing_into_it():
     assert len(test) == 10000
     assert _tree_digest(root / "MNIST") == before
     assert Path(os.environ["XDG_CACHE_HOME"], "sfdd-flwr", "datasets", "MNIST", "raw").is_dir()
+
+
+def test_many_clients_with_strong_skew_need_a_lower_floor_and_empty_partitions_are_named(tiny_mnist_dir):
+    """300 images over 60 clients with beta=0.1: some client gets (almost) nothing in every
+    draw, so the default floor fails with a hint, and a floor of 0 gives empty partitions
+    that fail with one line naming the partition."""
+    with pytest.raises(ValueError, match="lower min-partition-size"):
+        load_partition(PartitionRequest("mnist", str(tiny_mnist_dir), 0, 60, "dirichlet", 0.1))
+    partitions = [
+        PartitionRequest("mnist", str(tiny_mnist_dir), p, 60, "dirichlet", 0.1, min_partition_size=0)
+        for p in range(60)
+    ]
+    sizes, errors = [], []
+    for request in partitions:
+        try:
+            sizes.append(len(load_partition(request)))
+        except data.DataUnavailableError as error:
+            errors.append(str(error))
+    assert sum(sizes) == 300 and errors
+    assert "holds no examples" in errors[0] and "of 60" in errors[0]

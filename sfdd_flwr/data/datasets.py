@@ -260,7 +260,8 @@ def partition_indices(
             return [torch.from_numpy(np.sort(np.concatenate(part))) for part in parts]
     raise ValueError(
         f"could not draw a Dirichlet(beta={dirichlet_beta}) partition into {num_partitions} "
-        f"parts with at least {min_partition_size} examples each; raise dirichlet-beta"
+        f"parts with at least {min_partition_size} examples each; raise dirichlet-beta or lower "
+        "min-partition-size"
     )
 
 
@@ -274,7 +275,18 @@ class PartitionRequest:
     num_partitions: int
     partitioning: str = "iid"
     dirichlet_beta: float = 0.5
+    min_partition_size: int = 10
     seed: int = 0
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_partition_indices(
+    dataset: str, data_dir: str, num_partitions: int, partitioning: str, dirichlet_beta: float,
+    min_partition_size: int, seed: int,
+) -> list[torch.Tensor]:
+    """Every client's indices, drawn once per process (a process serves many clients)."""
+    _, labels = _load_raw_split(dataset, data_dir, True)
+    return partition_indices(labels, num_partitions, partitioning, seed, dirichlet_beta, min_partition_size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -286,11 +298,13 @@ def load_partition(request: PartitionRequest) -> LabelledImages:
         )
     spec = DATASETS[request.dataset]
     raw_images, labels = _load_raw_split(request.dataset, request.data_dir, True)
-    indices = partition_indices(
-        labels,
-        request.num_partitions,
-        request.partitioning,
-        request.seed,
-        request.dirichlet_beta,
+    indices = _cached_partition_indices(
+        request.dataset, request.data_dir, request.num_partitions, request.partitioning,
+        request.dirichlet_beta, request.min_partition_size, request.seed,
     )[request.partition_id]
+    if indices.numel() == 0:
+        raise DataUnavailableError(
+            f"partition {request.partition_id} of {request.num_partitions} holds no examples "
+            f"({request.partitioning}, dirichlet-beta={request.dirichlet_beta}, min-partition-size=0)"
+        )
     return LabelledImages(normalise(raw_images[indices], spec), labels[indices])

@@ -65,6 +65,7 @@ class Task:
     data_dir: str = ""
     partitioning: str = "iid"
     dirichlet_beta: float = 0.5
+    min_partition_size: int = 10
     seed: int = 0
 
 
@@ -125,6 +126,7 @@ def request_for(task: Task, node_config: Mapping[str, Any], node_id: int | None 
             num_partitions=num_partitions,
             partitioning=task.partitioning,
             dirichlet_beta=task.dirichlet_beta,
+            min_partition_size=task.min_partition_size,
             seed=task.seed,
         )
         return NodeDataRequest(source, partition_id, name)

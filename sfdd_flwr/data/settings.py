@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..settings.schema import POSITIVE, Rule, SettingsGroup, choice, key_of, setting
+from ..settings.schema import POSITIVE, ZERO_OR_POSITIVE_INT, Rule, SettingsGroup, choice, key_of, setting
 from .datasets import DATASETS, PARTITIONINGS, DatasetSpec
 from .node_data import IMAGEFOLDER, Task
 
@@ -118,6 +118,11 @@ class DataSettings(SettingsGroup):
         "iid", choice(PARTITIONINGS), "`iid` (paper: disjoint equal shares) or `dirichlet` (label skew)"
     )
     dirichlet_beta: float = setting(0.5, POSITIVE, "concentration of the Dirichlet partition (smaller = more skewed)")
+    min_partition_size: int = setting(
+        10, ZERO_OR_POSITIVE_INT,
+        "a Dirichlet partition is redrawn (up to 100 times) until every client holds this many examples (or "
+        "the average share, if smaller); 0 accepts empty partitions, whose nodes reply with an error",
+    )
 
     @property
     def spec(self) -> DatasetSpec:
@@ -147,6 +152,7 @@ class DataSettings(SettingsGroup):
             data_dir=str(Path(self.data_dir).expanduser()),
             partitioning=self.partitioning,
             dirichlet_beta=self.dirichlet_beta,
+            min_partition_size=self.min_partition_size,
             seed=seed,
         )
 
