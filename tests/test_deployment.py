@@ -141,7 +141,7 @@ def test_the_diffusion_generator_trains_on_the_three_hospitals(federation):
         "num-server-rounds=2", "num-server-rounds=1")
     log, returncode = federation.run(config + f" min-clients=3 output-dir='{out}' run-name='generator'")
     assert returncode == 0, log
-    assert "SUMMARY diffusion imagefolder IPC 1 (federated): 1 rounds" in log, log
+    assert "SUMMARY diffusion imagefolder 2 samples per class (federated): 1 rounds" in log, log
     metrics = [json.loads(line) for line in (out / "generator" / "metrics.jsonl").read_text().splitlines()]
     assert all((m["clients_ok"], m["clients_failed"]) == (3, 0) for m in metrics)
     assert metrics[-1]["federated_test_examples"] == len(HOSPITALS) * 10 * TEST_PER_CLASS

@@ -129,7 +129,8 @@ def test_long_local_work_reports_progress():
     lines = []
     images = initial_synthetic_images(SPEC, 2, make_generator(0, "init"))
     local_distill_update(
-        images, toy_pools(), SPEC, DistillParams(batch_real=8, outer_loop=2, inner_loop=2),
+        images, toy_pools(), SPEC,
+        DistillParams(batch_real=8, outer_loop=2, inner_loop=2, vectorised_matching=False),
         network_seed=0, generator=make_generator(0, 1), progress=lines.append, progress_seconds=1e-9,
     )
     assert any("outer step 1/2, class 4/4" in line for line in lines)

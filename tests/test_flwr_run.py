@@ -64,7 +64,7 @@ def test_the_diffusion_generator_runs_in_a_simulation(superlink, tiny_mnist_dir,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert "SUMMARY diffusion mnist IPC 1 (federated): 2 rounds" in log, log
+    assert "SUMMARY diffusion mnist 2 samples per class (federated): 2 rounds" in log, log
     assert "round 2/2 | denoising loss" in log and "| ε " in log, log
     run_dir = out / "generator"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -92,7 +92,7 @@ def test_a_killed_run_resumes_at_the_next_round(tiny_mnist_dir, tmp_path):
     run_dir = out / "crash"
     config = (
         f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{out}' run-name='crash' "
-        "num-server-rounds=20 eval-every=0"
+        "num-server-rounds=12 eval-every=0"
     )
     superlink = LocalSuperLink(tmp_path / "first", {"XDG_CACHE_HOME": str(tmp_path / "cache")}).start()
     client = superlink.submit(config, num_supernodes=2, log_path=tmp_path / "first.log")
@@ -111,16 +111,16 @@ def test_a_killed_run_resumes_at_the_next_round(tiny_mnist_dir, tmp_path):
         superlink.stop()
     time.sleep(2)  # nothing may write after the kill: the checkpoint must stay put
     saved_round = load_synthetic_set(run_dir).round
-    assert 3 <= saved_round < 20, "the run finished before it could be killed"
+    assert 3 <= saved_round < 12, "the run finished before it could be killed"
 
     with LocalSuperLink(tmp_path / "second", {"XDG_CACHE_HOME": str(tmp_path / "cache")}) as second:
         result = second.run(config + f" resume-from='{run_dir}'", num_supernodes=2, timeout_seconds=300)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert f"continuing with round {saved_round + 1}/20" in log, log
+    assert f"continuing with round {saved_round + 1}/12" in log, log
     rounds = [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == list(range(1, 21))
-    assert load_synthetic_set(run_dir).round == 20
+    assert rounds == list(range(1, 13))
+    assert load_synthetic_set(run_dir).round == 12
 
 
 VECTOR_METHOD = """

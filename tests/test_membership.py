@@ -45,7 +45,7 @@ def test_the_attack_separates_an_overfit_generators_members_and_dp_blurs_them(ti
     members = LabelledImages(train.images[::19][:16], train.labels[::19][:16])
     non_members = LabelledImages(train.images[5::19][:16], train.labels[5::19][:16])
     settings = Settings.from_mapping({"preset": "", "data-dir": str(tiny_mnist_dir), "method": "diffusion",
-                                      "diffusion-channels": "16,32", "diffusion-batch": 16})
+                                      "diffusion-channels": "8,16", "diffusion-batch": 16})
     spec = settings.dataset_spec
 
     def attack(model, params):

@@ -1,7 +1,8 @@
 """Ways of building a synthetic set, one room each, behind one interface (`base`).
 
-Built in: `gradient-matching` (DC, the SFDD paper) and `diffusion` (a federated
-class-conditional diffusion generator). Add one: a module (or package) with a
+Built in: `gradient-matching` (DC, the SFDD paper; DSA with `dsa=true`),
+`distribution-matching` (DM) and `diffusion` (a federated class-conditional diffusion
+generator). Add one: a module (or package) with a
 `SynthesisMethod` subclass and its settings group, plus one line in `METHODS` below; or,
 without editing the package, name it in the run config as `module.path:ClassName`
 (importable on the server and on every node).
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..settings.schema import Rule, SettingsGroup, at_least, setting
 from .base import LocalJob, LocalResult, State, SynthesisMethod, UpdateHooks, class_labels
 from .diffusion import Diffusion
+from .distribution_matching import DistributionMatching
 from .gradient_matching import GradientMatching
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ __all__ = [
 METHODS: dict[str, type[SynthesisMethod]] = {
     GradientMatching.name: GradientMatching,
     Diffusion.name: Diffusion,
+    DistributionMatching.name: DistributionMatching,
 }
 
 PLUGIN_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -65,8 +68,8 @@ class SynthesisSettings(SettingsGroup):
         "gradient-matching",
         Rule(lambda v: v in METHODS or bool(PLUGIN_PATH.match(v)),
              "a registered method (" + ", ".join(METHODS) + ") or module.path:ClassName"),
-        "how the synthetic set is built: `gradient-matching` (DC, the SFDD paper), `diffusion` (a federated "
-        "diffusion generator, sampled for evaluation), or your own `module.path:ClassName`",
+        "how the synthetic set is built: `gradient-matching` (DC, the SFDD paper), `distribution-matching` (DM), "
+        "`diffusion` (a federated diffusion generator, sampled for evaluation), or your own `module.path:ClassName`",
     )
     ipc: int = setting(1, at_least(1), "synthetic images per class")
 

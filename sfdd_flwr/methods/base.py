@@ -192,6 +192,10 @@ class SynthesisMethod:
         """The method's part of a round's progress line (e.g. its loss), or ''."""
         return ""
 
+    def describe_set_size(self) -> str:
+        """How large the evaluated set is, for the run's title (e.g. 'IPC 10')."""
+        return f"IPC {self.settings.ipc}"
+
     def checkpoint(self, state: State) -> dict[str, torch.Tensor]:
         """What `checkpoint_file` stores besides the metadata."""
         return dict(state)

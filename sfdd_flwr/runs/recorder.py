@@ -121,7 +121,7 @@ class RunRecorder:
 
     @property
     def title(self) -> str:
-        return f"{self.method.name} {self.settings.dataset} IPC {self.settings.ipc} ({self.mode})"
+        return f"{self.method.name} {self.settings.dataset} {self.method.describe_set_size()} ({self.mode})"
 
     # ----- start -----
     def start(self) -> State:

@@ -47,6 +47,7 @@ def builtin_groups() -> tuple[type[SettingsGroup], ...]:
     and the aggregators' own."""
     from ..aggregators import AggregationSettings
     from ..aggregators.bounds import BoundsSettings
+    from ..augmentation.settings import AugmentationSettings
     from ..behaviours.registry import BEHAVIOURS, BehaviourSettings
     from ..data.settings import DataSettings
     from ..defences import DEFENCES, DefenceSettings
@@ -60,6 +61,7 @@ def builtin_groups() -> tuple[type[SettingsGroup], ...]:
         DataSettings,
         SynthesisSettings,
         *(method.settings_group for method in METHODS.values()),
+        AugmentationSettings,
         NetworkSettings,
         FederationSettings,
         AggregationSettings,

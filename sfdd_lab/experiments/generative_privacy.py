@@ -65,12 +65,13 @@ def rows_for(scale: str) -> list[Row]:
     sfdd = "preset='side-by-side-sfdd'" if scale == "cpu" else "preset='paper-ipc10'"
     sfdd50 = "preset='side-by-side-sfdd' ipc=50" if scale == "cpu" else "preset='paper-ipc50'"
     generator = "preset='diffusion-quickstart'" if scale == "cpu" else "preset='diffusion-paper'"
+    private = "preset='diffusion-dp-quickstart'" if scale == "cpu" else "preset='diffusion-paper'"
     return [
         Row("SFDD, IPC 10", sfdd),
         Row("SFDD, IPC 50", sfdd50),
         Row("diffusion, no DP", generator, generator=True),
-        Row("diffusion, DP ε = 10", generator + " dp-target-epsilon=10.0", generator=True),
-        Row("diffusion, DP ε = 1", generator + " dp-target-epsilon=1.0", generator=True),
+        Row("diffusion, DP ε = 10", private + " dp-target-epsilon=10.0", generator=True),
+        Row("diffusion, DP ε = 1", private + " dp-target-epsilon=1.0", generator=True),
     ]
 
 

@@ -105,6 +105,9 @@ class Diffusion(SynthesisMethod):
         )
         return LabelledImages(from_model_space(samples, self.spec), labels)
 
+    def describe_set_size(self) -> str:
+        return f"{self.params.diffusion_samples_per_class} samples per class"
+
     def describe_round(self, round_metrics: Mapping[str, Any]) -> str:
         text = f"denoising loss {round_metrics.get('denoising_loss', float('nan')):.4f}"
         if "dp_epsilon" in round_metrics:

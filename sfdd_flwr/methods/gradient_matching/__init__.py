@@ -9,48 +9,25 @@ function of (classes, IPC), never sent. The update honours both hooks: soft targ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import torch
-
-from ...data.datasets import ClassPools, LabelledImages
-from ...seeding import make_generator
-from ..base import LocalJob, LocalResult, State, SynthesisMethod, class_labels
+from ...augmentation.dsa import DsaParams, strategy_for
+from ...data.datasets import ClassPools
+from ..base import LocalJob, LocalResult
+from ..image_set import IMAGES, ImageSetMethod
 from .settings import GradientMatchingSettings
-from .update import initial_synthetic_images, local_distill_update
-
-IMAGES = "images"
+from .update import local_distill_update
 
 
-class GradientMatching(SynthesisMethod):
+class GradientMatching(ImageSetMethod):
     name = "gradient-matching"
     settings_group = GradientMatchingSettings
     supported_hooks = frozenset({"targets", "after_network_training"})
     round_metrics = {"matching-loss": "mean"}
-    checkpoint_file = "synthetic_set.pt"
-
-    def labels(self) -> torch.Tensor:
-        return class_labels(self.settings.dataset_spec.num_classes, self.settings.ipc)
-
-    def initial_state(self) -> State:
-        """Noise in normalised space: the server holds no data."""
-        generator = make_generator(self.settings.seed, "init")
-        return {IMAGES: initial_synthetic_images(self.settings.network_spec, self.settings.ipc, generator)}
-
-    def labelled_set(
-        self, state: State, server_round: int, device: torch.device, report: Callable[[str], None] | None = None
-    ) -> LabelledImages:
-        return LabelledImages(state[IMAGES], self.labels())
 
     def describe_round(self, round_metrics: Mapping[str, Any]) -> str:
         return f"matching loss {round_metrics.get('matching_loss', float('nan')):.3f}"
-
-    def checkpoint(self, state: State) -> dict[str, torch.Tensor]:
-        return {IMAGES: state[IMAGES], "labels": self.labels()}
-
-    def restore(self, saved: Mapping[str, Any]) -> State:
-        return {IMAGES: saved[IMAGES]}
 
     def local_update(self, job: LocalJob) -> LocalResult:
         settings = job.settings
@@ -68,6 +45,8 @@ class GradientMatching(SynthesisMethod):
             progress=job.progress,
             progress_seconds=settings.progress_seconds,
             hooks=job.hooks,
+            dsa=DsaParams(strategy=strategy_for(settings.dataset_spec.name, settings.dsa_strategy)) if params.dsa else None,
+            augment_generator=job.generator("dsa") if params.dsa else None,
         )
         return LocalResult(
             state={IMAGES: update.images},

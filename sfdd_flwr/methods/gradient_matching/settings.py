@@ -66,6 +66,15 @@ class GradientMatchingSettings(SettingsGroup):
     )
     batch_train: int = setting(256, at_least(1), "batch size of the inner-loop network training")
     match_metric: str = setting("ours", choice(MATCH_METRICS), "`ours` (DC's per-row cosine distance), `mse`, `cos`")
+    dsa: bool = setting(
+        False, help="differentiable siamese augmentation (DSA): each class's real batch and synthetic images are "
+        "matched under the same random augmentation (groups: `dsa-strategy`)",
+    )
+    vectorised_matching: bool = setting(
+        False, help="all classes' gradients in one batched `torch.func.vmap` computation (the per-class loop's "
+        "result to float rounding; for GPUs: on a CPU it is slower than the loop, RESULTS.md section 3); "
+        "`net-norm='batchnorm'` always uses the loop",
+    )
 
     def loops(self, ipc: int) -> tuple[int, int]:
         """(outer, inner): explicit values, or DC's table by IPC where 0."""

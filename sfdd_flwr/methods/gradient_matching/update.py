@@ -16,12 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ...augmentation.dsa import DsaParams, apply, draw
 from ...data.datasets import ClassPools
 from ...models.convnet import NetworkSpec, build_network
 from ...models.training import train_network_epoch
 from ...progress import ProgressTicker
 from ..base import UpdateHooks, class_labels
-from .distance import match_distance
+from ..image_set import initial_synthetic_images as noise_images
+from .batched import BATCHABLE_NORMS, ClassGradients, one_hot_targets, stack_batches
+from .distance import batched_match_distance, match_distance
 from .settings import GradientMatchingSettings
 
 
@@ -46,10 +49,7 @@ class LocalUpdate:
 
 def initial_synthetic_images(spec: NetworkSpec, ipc: int, generator: torch.Generator) -> torch.Tensor:
     """Noise initialisation: N(0, 1) in normalised space (the server holds no data)."""
-    height, width = spec.image_size
-    return torch.randn(
-        (spec.num_classes * ipc, spec.channels, height, width), generator=generator
-    )
+    return noise_images(spec.channels, spec.num_classes, spec.image_size, ipc, generator)
 
 
 def local_distill_update(
@@ -64,6 +64,8 @@ def local_distill_update(
     progress: Callable[[str], None] | None = None,
     progress_seconds: float = 30.0,
     hooks: UpdateHooks | None = None,
+    dsa: DsaParams | None = None,
+    augment_generator: torch.Generator | None = None,
 ) -> LocalUpdate:
     """One DC iteration of gradient matching of `synthetic_images` against `real`.
 
@@ -71,9 +73,12 @@ def local_distill_update(
     starts at zero, as a fresh torch SGD optimizer would). Classes without local real
     images are left untouched. `progress` receives a line every `progress_seconds`.
     The returned matching loss is DC's `loss_avg`: the mean over matched (class, outer
-    step) pairs.
+    step) pairs. With `dsa`, each class's real batch and synthetic images get the same
+    augmentation, drawn from `augment_generator`.
     """
     started = time.monotonic()
+    if dsa is not None and augment_generator is None:
+        raise ValueError("DSA needs an augment_generator")
     num_classes = network_spec.num_classes
     ipc = synthetic_images.shape[0] // num_classes
     if ipc * num_classes != synthetic_images.shape[0]:
@@ -97,29 +102,24 @@ def local_distill_update(
     ticker = ProgressTicker(progress, progress_seconds)
     loss_sum, loss_terms = 0.0, 0
 
+    vectorised = params.vectorised_matching and network_spec.net_norm in BATCHABLE_NORMS
+    class_gradients = ClassGradients(network) if vectorised else None
+
     for outer_step in range(outer_loop):
         network.train()
-        loss = torch.zeros((), device=device)
-        for position, c in enumerate(present):
-            real_target, synthetic_target = (
-                hooks.targets(c, outer_step) if hooks.targets is not None else (None, None)
-            )
-            real_batch = real.sample(c, params.batch_real, generator).to(device)
-            real_loss = class_loss(network(real_batch), c, real_target)
-            grads_real = [
-                grad.detach() for grad in torch.autograd.grad(real_loss, network_parameters)
-            ]
-            class_images = images[c * ipc : (c + 1) * ipc]
-            synthetic_loss = class_loss(network(class_images), c, synthetic_target)
-            grads_synthetic = torch.autograd.grad(
-                synthetic_loss, network_parameters, create_graph=True
-            )
-            loss = loss + match_distance(grads_real, grads_synthetic, params.match_metric)
-            ticker.tick(
-                lambda: f"outer step {outer_step + 1}/{outer_loop}, "
-                f"class {position + 1}/{len(present)}"
-            )
         if present:
+            batches = draw_class_batches(
+                images, ipc, present, real, params, generator, hooks, outer_step, dsa, augment_generator
+            )
+            if class_gradients is not None:
+                loss = _batched_matching_loss(class_gradients, batches, present, num_classes, params.match_metric)
+                ticker.tick(lambda: f"outer step {outer_step + 1}/{outer_loop}")
+            else:
+                loss = _per_class_matching_loss(
+                    network, batches, present, params.match_metric, lambda position: ticker.tick(
+                        lambda: f"outer step {outer_step + 1}/{outer_loop}, class {position + 1}/{len(present)}"
+                    ),
+                )
             (image_grad,) = torch.autograd.grad(loss, [images])
             with torch.no_grad():
                 buffer.mul_(params.momentum_img).add_(image_grad)
@@ -153,3 +153,84 @@ def local_distill_update(
         matched_classes=len(present),
         seconds=time.monotonic() - started,
     )
+
+
+@dataclass
+class ClassBatch:
+    """What one class contributes to an outer step: its real batch and synthetic images
+    (augmented alike under DSA) and their targets (None = the one-hot class)."""
+
+    real: torch.Tensor
+    synthetic: torch.Tensor
+    real_target: torch.Tensor | None
+    synthetic_target: torch.Tensor | None
+
+
+def draw_class_batches(
+    images: torch.Tensor,
+    ipc: int,
+    present: list[int],
+    real: ClassPools,
+    params: GradientMatchingSettings,
+    generator: torch.Generator,
+    hooks: UpdateHooks,
+    outer_step: int,
+    dsa: DsaParams | None,
+    augment_generator: torch.Generator | None,
+) -> list[ClassBatch]:
+    """Per present class, in class order: targets, then the real batch, then (DSA) one
+    draw of augmentation parameters applied to both. Both matching paths use this, so
+    they consume every generator identically."""
+    batches = []
+    for c in present:
+        real_target, synthetic_target = (
+            hooks.targets(c, outer_step) if hooks.targets is not None else (None, None)
+        )
+        real_batch = real.sample(c, params.batch_real, generator).to(images.device, images.dtype)
+        class_images = images[c * ipc : (c + 1) * ipc]
+        if dsa is not None:
+            drawn = draw(dsa, max(real_batch.shape[0], ipc), augment_generator)
+            real_batch, class_images = apply(real_batch, drawn, dsa), apply(class_images, drawn, dsa)
+        batches.append(ClassBatch(real_batch, class_images, real_target, synthetic_target))
+    return batches
+
+
+def _per_class_matching_loss(
+    network: torch.nn.Module, batches: list[ClassBatch], present: list[int], metric: str, tick: Callable[[int], None]
+) -> torch.Tensor:
+    """DC's loop: per class, a real gradient and a synthetic one with its graph."""
+    parameters = list(network.parameters())
+    loss = torch.zeros((), device=batches[0].real.device)
+    for position, (c, batch) in enumerate(zip(present, batches)):
+        real_loss = class_loss(network(batch.real), c, batch.real_target)
+        grads_real = [grad.detach() for grad in torch.autograd.grad(real_loss, parameters)]
+        synthetic_loss = class_loss(network(batch.synthetic), c, batch.synthetic_target)
+        grads_synthetic = torch.autograd.grad(synthetic_loss, parameters, create_graph=True)
+        loss = loss + match_distance(grads_real, grads_synthetic, metric)
+        tick(position)
+    return loss
+
+
+def _batched_matching_loss(
+    class_gradients: ClassGradients, batches: list[ClassBatch], present: list[int], num_classes: int, metric: str
+) -> torch.Tensor:
+    """The same sum of per-class distances, every class in one batched computation."""
+    reference = batches[0].real
+    one_hot = one_hot_targets(present, num_classes, reference.device).to(reference.dtype)
+
+    def targets(chosen: list[torch.Tensor | None]) -> torch.Tensor:
+        return torch.stack([
+            one_hot[position] if target is None else target.to(reference.device, reference.dtype)
+            for position, target in enumerate(chosen)
+        ])
+
+    real_images, real_weights = stack_batches([batch.real for batch in batches])
+    grads_real = [
+        grad.detach()
+        for grad in class_gradients(real_images, targets([b.real_target for b in batches]), real_weights)
+    ]
+    synthetic_images, synthetic_weights = stack_batches([batch.synthetic for batch in batches])
+    grads_synthetic = class_gradients(
+        synthetic_images, targets([b.synthetic_target for b in batches]), synthetic_weights
+    )
+    return batched_match_distance(grads_real, grads_synthetic, metric)

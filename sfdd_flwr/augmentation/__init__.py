@@ -1,0 +1,1 @@
+"""Augmentations used while synthesising (DSA)."""
