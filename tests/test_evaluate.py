@@ -3,12 +3,14 @@ import math
 import pytest
 import torch
 
+from sfdd_flwr.augmentation.dsa import DsaParams
 from sfdd_flwr.data.datasets import LabelledImages
 from sfdd_flwr.evaluation.protocol import (
     EvalParams,
     EvalResult,
     dc_augment,
     evaluate_synthetic_set,
+    training_augmentation,
 )
 from sfdd_flwr.evaluation.protocol import (
     test_accuracy as accuracy_of,
@@ -17,10 +19,23 @@ from sfdd_flwr.evaluation.settings import protocol_defaults
 from sfdd_flwr.models.convnet import NetworkSpec, build_network
 
 
-def test_protocol_defaults_follow_dc():
-    assert protocol_defaults("mnist") == (1000, True)
-    assert protocol_defaults("cifar10") == (300, False)
-    assert protocol_defaults("fashionmnist") == (300, False)
+def test_protocol_defaults_follow_dc_and_dsa():
+    assert protocol_defaults("mnist", "auto") == (1000, "dc")
+    assert protocol_defaults("cifar10", "auto") == (300, "none")
+    assert protocol_defaults("fashionmnist", "auto") == (300, "none")
+    assert protocol_defaults("fashionmnist", "on") == (300, "dc")
+    assert protocol_defaults("mnist", "off") == (1000, "none")
+    assert protocol_defaults("cifar10", "dsa") == (1000, "dsa")
+
+
+def test_dsa_evaluation_needs_its_parameters_and_trains_on_augmented_batches():
+    with pytest.raises(ValueError, match="needs the DSA parameters"):
+        EvalParams(eval_augment="dsa")
+    generator = torch.Generator().manual_seed(0)
+    augment = training_augmentation(EvalParams(eval_augment="dsa", dsa=DsaParams(strategy="rotate")), generator)
+    batch = torch.randn(4, 1, 28, 28)
+    assert not torch.allclose(augment(batch), batch)
+    assert training_augmentation(EvalParams(), generator) is None
 
 
 def test_augment_keeps_shape_is_seeded_and_changes_images():

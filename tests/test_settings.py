@@ -175,11 +175,16 @@ def test_derived_views():
     settings = Settings.from_mapping({"ipc": 10, "dataset": "cifar10"})
     assert settings.group(GradientMatchingSettings).loops(settings.ipc) == (10, 50)
     assert settings.network_spec.channels == 3
-    assert settings.eval_params.eval_epochs == 300 and not settings.eval_params.eval_augment
+    assert settings.eval_params.eval_epochs == 300 and settings.eval_params.eval_augment == "none"
     mnist = Settings.from_mapping({"eval-epochs": 20})
-    assert mnist.eval_params.eval_epochs == 20 and mnist.eval_params.eval_augment
+    assert mnist.eval_params.eval_epochs == 20 and mnist.eval_params.eval_augment == "dc"
     assert Settings.from_mapping({"outer-loop": 3, "inner-loop": 4}).group(GradientMatchingSettings).loops(1) == (3, 4)
-    assert Settings.from_mapping({"eval-augment": "off"}).eval_params.eval_augment is False
+    assert Settings.from_mapping({"eval-augment": "off"}).eval_params.eval_augment == "none"
+    dsa = Settings.from_mapping({"eval-augment": "dsa", "dataset": "cifar10"}).eval_params
+    assert (dsa.eval_epochs, dsa.eval_augment, dsa.dsa.strategy) == (1000, "dsa", "color_crop_cutout_flip_scale_rotate")
+    assert Settings.from_mapping({"eval-augment": "dsa"}).eval_params.dsa.strategy == "color_crop_cutout_scale_rotate"
+    with pytest.raises(ConfigError, match="holds only flip"):
+        Settings.from_mapping({"dsa-strategy": "flip"})
 
 
 def test_settings_round_trip_through_a_record_a_copy_and_a_pickle():

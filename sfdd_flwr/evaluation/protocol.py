@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..augmentation.dsa import DsaParams
+from ..augmentation.dsa import augment as dsa_augment
 from ..data.datasets import LabelledImages
 from ..models.convnet import NetworkSpec, build_network
 from ..models.training import train_network_epoch
@@ -22,16 +24,31 @@ from ..progress import ProgressTicker
 from ..seeding import derive_seed, make_generator
 
 
+AUGMENTATIONS = ("none", "dc", "dsa")
+
+
 @dataclass(frozen=True)
 class EvalParams:
     """The protocol with the dataset defaults resolved (`EvaluationSettings.params`);
-    momentum and weight decay are DC's and not settings."""
+    momentum and weight decay are DC's and not settings. `eval_augment`: `none`, `dc`
+    (DC's crop/scale/rotate) or `dsa` (DSA's transformations with `dsa`'s parameters)."""
+
+    def __post_init__(self) -> None:
+        if self.eval_augment not in AUGMENTATIONS:
+            raise ValueError(f"eval_augment must be one of {AUGMENTATIONS}, got {self.eval_augment!r}")
+        if self.eval_augment == "dsa" and self.dsa is None:
+            raise ValueError("eval_augment 'dsa' needs the DSA parameters (dsa=DsaParams(...))")
+
+    @property
+    def augmentation_name(self) -> str:
+        return {"none": "", "dc": "DC's augmentation", "dsa": "DSA augmentation"}[self.eval_augment]
 
     eval_epochs: int = 300
     num_eval: int = 5
     eval_lr: float = 0.01
     eval_batch: int = 256
-    eval_augment: bool = False
+    eval_augment: str = "none"
+    dsa: DsaParams | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
 
@@ -140,6 +157,17 @@ def test_accuracy(network: torch.nn.Module, test: LabelledImages, batch_size: in
     return correct / max(len(test), 1)
 
 
+def training_augmentation(
+    params: EvalParams, generator: torch.Generator
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The protocol's augmentation of a training batch, or None."""
+    if params.eval_augment == "dc":
+        return lambda batch: dc_augment(batch, generator)
+    if params.eval_augment == "dsa":
+        return lambda batch: dsa_augment(batch, params.dsa, generator)
+    return None
+
+
 def train_on_synthetic(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -149,7 +177,7 @@ def train_on_synthetic(
     ticker: ProgressTicker | None = None,
 ) -> torch.nn.Module:
     """DC's `evaluate_synset` training: lr x0.1 (fresh optimizer) after half the epochs."""
-    augment = (lambda batch: dc_augment(batch, generator)) if params.eval_augment else None
+    augment = training_augmentation(params, generator)
     lr = params.eval_lr
     optimizer = torch.optim.SGD(
         network.parameters(), lr=lr, momentum=params.momentum, weight_decay=params.weight_decay

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from ..settings.schema import POSITIVE, ZERO_OR_POSITIVE_INT, Rule, SettingsGroup, at_least, choice, setting
 from .protocol import EvalParams
+
+if TYPE_CHECKING:
+    from ..augmentation.dsa import DsaParams
 
 EVAL_MODES = ("server", "federated", "both")
 
 
-def protocol_defaults(dataset: str) -> tuple[int, bool]:
-    """(epochs, augment) of the DC reference: MNIST 1000 epochs with augmentation."""
-    return (1000, True) if dataset == "mnist" else (300, False)
+def protocol_defaults(dataset: str, augment: str) -> tuple[int, str]:
+    """(epochs, augmentation) of the references: DC trains MNIST models 1000 epochs with
+    its augmentation and others 300 without; DSA and DM train 1000 epochs with DSA."""
+    if augment == "dsa":
+        return 1000, "dsa"
+    epochs, mode = (1000, "dc") if dataset == "mnist" else (300, "none")
+    if augment != "auto":
+        mode = "dc" if augment == "on" else "none"
+    return epochs, mode
 
 
 @dataclass(frozen=True)
@@ -35,22 +46,25 @@ class EvaluationSettings(SettingsGroup):
         "fresh ConvNets per evaluation (mean ± std reported); 0 = no evaluation",
     )
     eval_epochs: int = setting(
-        0, ZERO_OR_POSITIVE_INT, "training epochs per network; 0 = DC protocol: MNIST 1000, others 300"
+        0, ZERO_OR_POSITIVE_INT,
+        "training epochs per network; 0 = the reference protocol: MNIST 1000, others 300 (DC), 1000 with `dsa`"
     )
     eval_augment: str = setting(
-        "auto", choice(("auto", "on", "off")), "DC's augmentation while training; `auto` = on for MNIST only (DC protocol)"
+        "auto", choice(("auto", "on", "off", "dsa")),
+        "augmentation while training: `on` DC's, `off` none, `auto` DC's on MNIST only (DC protocol), `dsa` DSA's "
+        "per-image transformations (`dsa-strategy`; the DSA and DM protocol, 1000 epochs by default)",
     )
     eval_lr: float = setting(0.01, POSITIVE, "learning rate (momentum 0.9, weight decay 5e-4, lr x0.1 at half)")
     eval_batch: int = setting(256, at_least(1), "batch size of evaluation training")
 
-    def params(self, dataset: str) -> EvalParams:
-        epochs, augment = protocol_defaults(dataset)
-        if self.eval_augment != "auto":
-            augment = self.eval_augment == "on"
+    def params(self, dataset: str, dsa: DsaParams | None = None) -> EvalParams:
+        """The protocol on `dataset`; `dsa` gives DSA's parameters for `eval-augment='dsa'`."""
+        epochs, augment = protocol_defaults(dataset, self.eval_augment)
         return EvalParams(
             eval_epochs=self.eval_epochs or epochs,
             num_eval=self.num_eval,
             eval_lr=self.eval_lr,
             eval_batch=self.eval_batch,
             eval_augment=augment,
+            dsa=dsa if augment == "dsa" else None,
         )

@@ -250,7 +250,7 @@ class RunRecorder:
                 scorers.update(observer.scorers(self.run_dir.path, round_number))
         self.report(
             f"round {round_number}: evaluating the synthetic set with {params.num_eval} fresh networks "
-            f"x {params.eval_epochs} epochs{' with augmentation' if params.eval_augment else ''} "
+            f"x {params.eval_epochs} epochs{' with ' + params.augmentation_name if params.augmentation_name else ''} "
             f"on {' and on '.join(where)}"
             + "".join(f"; scoring {description}" for description, _ in scorers.values())
         )

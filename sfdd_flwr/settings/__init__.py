@@ -196,7 +196,7 @@ class Settings:
     @property
     def eval_params(self):
         """The evaluation protocol with its dataset defaults resolved (`EvalParams`)."""
-        return self._owners["num_eval"].params(self.dataset)
+        return self._owners["num_eval"].params(self.dataset, self._owners["dsa_strategy"].params(self.dataset))
 
     @property
     def evaluates_on_server(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...augmentation.dsa import DsaParams, strategy_for
+from ...augmentation.settings import AugmentationSettings
 from ...data.datasets import ClassPools
 from ..base import LocalJob, LocalResult
 from ..image_set import IMAGES, ImageSetMethod
@@ -31,7 +31,7 @@ class DistributionMatching(ImageSetMethod):
     def local_update(self, job: LocalJob) -> LocalResult:
         settings = job.settings
         params = settings.group(DistributionMatchingSettings)
-        dsa = DsaParams(strategy=strategy_for(settings.dataset_spec.name, settings.dsa_strategy)) if params.dm_dsa else None
+        dsa = settings.group(AugmentationSettings).params(settings.dataset) if params.dm_dsa else None
         update = distribution_matching_update(
             job.state[IMAGES],
             ClassPools(job.data, settings.dataset_spec.num_classes),

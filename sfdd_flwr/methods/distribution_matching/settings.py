@@ -20,6 +20,6 @@ class DistributionMatchingSettings(SettingsGroup):
         0.5, Rule(lambda v: 0 <= v < 1, "a number in [0, 1)"), "SGD momentum of the synthetic images"
     )
     dm_dsa: bool = setting(
-        True, help="the same DSA augmentation on a class's real and synthetic batch before embedding (as DM's "
-        "reference; its groups: `dsa-strategy`)",
+        True, help="one DSA transformation for a class's real and synthetic batch before embedding (as DM's "
+        "reference; its groups: `dsa-strategy`; evaluate as DM with `eval-augment='dsa'`)",
     )

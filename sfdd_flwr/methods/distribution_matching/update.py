@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...augmentation.dsa import DsaParams, apply, draw
+from ...augmentation.dsa import DsaParams, siamese
 from ...data.datasets import ClassPools
 from ...models.convnet import NetworkSpec, build_network
 from ...progress import ProgressTicker
@@ -85,8 +85,7 @@ def distribution_matching_update(
             real_batch = real.sample(c, params.dm_batch_real, generator).to(device)
             class_images = images[c * ipc : (c + 1) * ipc]
             if dsa is not None:
-                drawn = draw(dsa, max(real_batch.shape[0], ipc), augment_generator)
-                real_batch, class_images = apply(real_batch, drawn, dsa), apply(class_images, drawn, dsa)
+                real_batch, class_images = siamese(real_batch, class_images, dsa, augment_generator)
             with torch.no_grad():
                 real_embeddings = network.features(real_batch)
             loss = loss + mean_embedding_distance(real_embeddings, network.features(class_images))

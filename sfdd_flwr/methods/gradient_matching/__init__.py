@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...augmentation.dsa import DsaParams, strategy_for
+from ...augmentation.settings import AugmentationSettings
 from ...data.datasets import ClassPools
 from ..base import LocalJob, LocalResult
 from ..image_set import IMAGES, ImageSetMethod
@@ -45,7 +45,7 @@ class GradientMatching(ImageSetMethod):
             progress=job.progress,
             progress_seconds=settings.progress_seconds,
             hooks=job.hooks,
-            dsa=DsaParams(strategy=strategy_for(settings.dataset_spec.name, settings.dsa_strategy)) if params.dsa else None,
+            dsa=settings.group(AugmentationSettings).params(settings.dataset) if params.dsa else None,
             augment_generator=job.generator("dsa") if params.dsa else None,
         )
         return LocalResult(

@@ -68,7 +68,8 @@ class GradientMatchingSettings(SettingsGroup):
     match_metric: str = setting("ours", choice(MATCH_METRICS), "`ours` (DC's per-row cosine distance), `mse`, `cos`")
     dsa: bool = setting(
         False, help="differentiable siamese augmentation (DSA): each class's real batch and synthetic images are "
-        "matched under the same random augmentation (groups: `dsa-strategy`)",
+        "matched under one random transformation, and the inner-loop network trains on augmented S (groups: "
+        "`dsa-strategy`; evaluate as DSA with `eval-augment='dsa'`)",
     )
     vectorised_matching: bool = setting(
         False, help="all classes' gradients in one batched `torch.func.vmap` computation (the per-class loop's "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...augmentation.dsa import DsaParams, apply, draw
+from ...augmentation.dsa import DsaParams, augment, siamese
 from ...data.datasets import ClassPools
 from ...models.convnet import NetworkSpec, build_network
 from ...models.training import train_network_epoch
@@ -73,8 +73,9 @@ def local_distill_update(
     starts at zero, as a fresh torch SGD optimizer would). Classes without local real
     images are left untouched. `progress` receives a line every `progress_seconds`.
     The returned matching loss is DC's `loss_avg`: the mean over matched (class, outer
-    step) pairs. With `dsa`, each class's real batch and synthetic images get the same
-    augmentation, drawn from `augment_generator`.
+    step) pairs. With `dsa` (DSA), each class's real batch and synthetic images get one
+    and the same transformation, and the inner-loop network trains on augmented S (a
+    transformation per image), as in the DSA reference; both draw from `augment_generator`.
     """
     started = time.monotonic()
     if dsa is not None and augment_generator is None:
@@ -130,6 +131,7 @@ def local_distill_update(
         if outer_step == outer_loop - 1:
             break
         frozen_images, frozen_labels = images.detach().clone(), labels
+        augment_inner = (lambda batch: augment(batch, dsa, augment_generator)) if dsa is not None else None
         for inner_epoch in range(inner_loop):
             train_network_epoch(
                 network,
@@ -138,6 +140,7 @@ def local_distill_update(
                 frozen_labels,
                 params.batch_train,
                 generator,
+                augment=augment_inner,
             )
             ticker.tick(
                 lambda: f"outer step {outer_step + 1}/{outer_loop}, "
@@ -179,7 +182,7 @@ def draw_class_batches(
     augment_generator: torch.Generator | None,
 ) -> list[ClassBatch]:
     """Per present class, in class order: targets, then the real batch, then (DSA) one
-    draw of augmentation parameters applied to both. Both matching paths use this, so
+    transformation drawn and applied to both. Both matching paths use this, so
     they consume every generator identically."""
     batches = []
     for c in present:
@@ -189,8 +192,7 @@ def draw_class_batches(
         real_batch = real.sample(c, params.batch_real, generator).to(images.device, images.dtype)
         class_images = images[c * ipc : (c + 1) * ipc]
         if dsa is not None:
-            drawn = draw(dsa, max(real_batch.shape[0], ipc), augment_generator)
-            real_batch, class_images = apply(real_batch, drawn, dsa), apply(class_images, drawn, dsa)
+            real_batch, class_images = siamese(real_batch, class_images, dsa, augment_generator)
         batches.append(ClassBatch(real_batch, class_images, real_target, synthetic_target))
     return batches
 
