@@ -7,7 +7,9 @@ seeds, evaluation and outputs are those of a federated run, so the two are compa
 identical code (the paper's Table 2). With `central-networks=K` a round runs K
 independent updates from the same state (each with its own seeds: for gradient matching
 its own fresh network and real batches, all on the whole training set) and averages
-them: a federated round with K clients, minus the data split.
+them: a federated round with K clients, minus the data split. `--max-train-seconds`
+stops after the iteration that crosses that much training time and evaluates that set,
+as `sfdd_lab.full_protocol` does for the federated rounds (equal time budgets).
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def average_states(states: list[State]) -> State:
     return {key: torch.stack([state[key] for state in states]).mean(dim=0) for key in states[0]}
 
 
-def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
-    """Run the method on the full training set for `num_server_rounds` rounds."""
+def run_centralized(settings: Settings, report=print, max_train_seconds: float | None = None) -> dict[str, Any]:
+    """Run the method on the full training set for `num_server_rounds` rounds, or until
+    the iteration that crosses `max_train_seconds` of training."""
     device = resolve_device(settings.device)
     method = load_method(settings.method)(settings)
     report(f"loading {settings.dataset} from {settings.data_path}")
@@ -63,6 +66,7 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
     state = recorder.start()
     replicas = settings.central_networks
     method_states: list[dict[str, torch.Tensor]] = [{} for _ in range(replicas)]
+    train_seconds = 0.0
     for iteration in range(recorder.first_round, settings.num_server_rounds + 1):
         started = time.monotonic()
         results = []
@@ -85,6 +89,13 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
         method.finish_round(iteration, state)
         method_states = [result.method_state for result in results]
         seconds = round(time.monotonic() - started, 3)
+        train_seconds += seconds
+        stopping = (
+            max_train_seconds is not None and train_seconds >= max_train_seconds
+            and iteration < settings.num_server_rounds
+        )
+        if stopping:
+            report(f"stopping after iteration {iteration}: --max-train-seconds={max_train_seconds:g} reached")
         recorder.end_round(
             iteration,
             state,
@@ -93,8 +104,11 @@ def run_centralized(settings: Settings, report=print) -> dict[str, Any]:
                 "local_update_seconds_sum": seconds,
                 "round_seconds": seconds,
             },
+            final=stopping,
         )
-    return recorder.finish()
+        if stopping:
+            break
+    return recorder.finish({"train_seconds": round(train_seconds, 1), "planned_rounds": settings.num_server_rounds})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="settings as in `flwr run --run-config`, e.g. \"preset='quickstart' ipc=10\"",
     )
+    parser.add_argument("--max-train-seconds", type=float, default=None,
+                        help="stop after the iteration that crosses this training time, then evaluate")
     args = parser.parse_args(argv)
     try:
         settings = settings_from_run_configs(args.run_config, extra_groups=(CentralizedSettings,))
-        run_centralized(settings, report=lambda text: print(text, flush=True))
+        run_centralized(settings, report=lambda text: print(text, flush=True), max_train_seconds=args.max_train_seconds)
     except (ConfigError, DataUnavailableError, NodeDataError) as error:
         print(f"sfdd-flwr: {error}", file=sys.stderr)
         return 2

@@ -301,12 +301,20 @@ class LocalSuperLink(ManagedProcess):
         return [*command, "--run-config", run_config]
 
     def run(self, run_config: str, num_supernodes: int | None = None, num_cpus: float | None = None,
-            timeout_seconds: float = 3600.0) -> subprocess.CompletedProcess:
-        """`flwr run . --stream` against this SuperLink; returns once the run ends."""
-        return subprocess.run(
-            self.run_command(run_config, num_supernodes, num_cpus),
-            env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_seconds,
-        )
+            timeout_seconds: float = 3600.0, log_path: Path | None = None) -> subprocess.CompletedProcess:
+        """`flwr run . --stream` against this SuperLink; returns once the run ends. With
+        `log_path` the output is written there as it comes (follow a long run with
+        `tail -f`) and is also the result's stdout."""
+        command = self.run_command(run_config, num_supernodes, num_cpus)
+        if log_path is None:
+            return subprocess.run(
+                command, env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_seconds,
+            )
+        with log_path.open("w") as log:
+            completed = subprocess.run(
+                command, env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_seconds,
+            )
+        return subprocess.CompletedProcess(command, completed.returncode, log_path.read_text(), "")
 
     def submit(self, run_config: str, num_supernodes: int | None, log_path: Path) -> subprocess.Popen:
         """Start `flwr run . --stream` in the background, streaming into `log_path`."""

@@ -205,6 +205,7 @@ def federated_round(
     for key, indices in (("updates_clipped", bounded.clipped), ("weights_capped", bounded.capped)):
         if indices:
             metrics[key] = [clients[i] for i in indices]
+    metrics["update_norms"] = {str(clients[i]): round(norm, 6) for i, norm in enumerate(bounded.update_norms)}
     if bounded.notes:
         metrics["failures"] = [note for note in bounded.notes if note.endswith(": rejected")]
     if combined.kept is not None:

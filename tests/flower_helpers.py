@@ -32,7 +32,8 @@ def error_reply(message: Message, reason: str) -> Message:
 
 
 class InProcessGrid:
-    """Routes each message to `handlers[node_id](message, context)` and returns replies.
+    """Routes each message to `handlers[node_id](message, context)` and keeps the replies
+    for `pull_messages`, as a grid does.
 
     Each node keeps its own Context (and so its `state`) across rounds, as a SuperNode
     does. A handler may return None to simulate a node whose reply never arrives.
@@ -52,20 +53,29 @@ class InProcessGrid:
             for node_id in handlers
         }
         self.sent: list[Message] = []
+        self.pending: list[Message] = []
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.handlers)
 
-    def send_and_receive(self, messages: Iterable[Message], timeout: float | None = None) -> Iterable[Message]:
-        replies = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message at once; its reply (if any) waits to be pulled."""
+        ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = message.object_id  # as Flower's grid does
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             reply = self.handlers[node_id](delivered(message, node_id), self.contexts[node_id])
             if reply is not None:
-                replies.append(reply)
-        return replies
+                self.pending.append(reply)
+            ids.append(message.object_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        wanted = set(message_ids)
+        pulled = [reply for reply in self.pending if reply.metadata.reply_to_message_id in wanted]
+        self.pending = [reply for reply in self.pending if reply not in pulled]
+        return pulled
 
 
 def strategy_for(settings, report=None):

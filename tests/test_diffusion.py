@@ -249,3 +249,16 @@ def test_the_runs_epsilon_is_the_largest_clients_and_a_resume_never_lowers_it(ti
         reference.step(noise_multiplier=1.0, sample_rate=rate)
     assert smallest == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
     assert resumed.finish()["last_round"]["dp_epsilon"] == final["dp_epsilon"] > records[1]["dp_epsilon"]
+
+
+def test_importing_opacus_through_the_app_leaves_logging_alone():
+    """Opacus gives the root logger a handler when imported (every Flower line would print
+    twice); the app's import removes it. Reloading Opacus' module shows it adds one."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, logging; import sfdd_flwr.opacus_parts; before = len(logging.getLogger().handlers); "
+            "import opacus.utils.module_utils as m; importlib.reload(m); "
+            "print(before, len(logging.getLogger().handlers))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["0", "1"]

@@ -30,7 +30,7 @@ def test_backdoor_experiment_writes_table_plot_and_results(tiny_mnist_dir, tmp_p
         "--clients", "2", "--robust-clients", "2", "--aggregators", "fedavg",
         "--ipc", "2", "--rounds", "1", "--batch-real", "4", "--inner-loop", "1", "--trigger-steps", "5",
         "--num-eval", "1", "--eval-epochs", "2",
-        "--run-config", "net-width=8 doorping-poison-fraction=0.05", "--collude",
+        "--run-config", "net-width=8 doorping-poison-fraction=0.05", "--collude", "--in-process",
     ])
     assert code == 0
     rows = json.loads((out / "results.json").read_text())
@@ -55,6 +55,7 @@ def test_privacy_experiment_writes_tables_and_pictures(tiny_mnist_dir, tmp_path)
         "--width", "8", "--updates", "2", "--extra-updates", "1", "--classes-per-update", "1",
         "--batch-sizes", "1", "2", "--attack-iterations", "1", "--local-dp-noises", "0.01", "1.0",
         "--rounds", "1", "--num-eval", "1", "--eval-epochs", "2", "--run-config", "net-width=8 batch-real=4",
+        "--in-process",
     ])
     assert code == 0
     results = json.loads((out / "mnist" / "results.json").read_text())
@@ -176,3 +177,31 @@ def test_the_upper_bound_is_fedavg_of_classifiers_on_the_real_partitions(tiny_mn
     bound = generative_privacy.fedavg_classifier(settings, rounds=2, local_epochs=1, count=20)
     assert 0.0 <= bound["accuracy"] <= 1.0 and 0.0 <= bound["mia_auc_classifier"] <= 1.0
     assert bound["bytes_total"] == bound["bytes_per_client_round"] * 5 * 2 > 0
+
+
+def test_the_methods_table_stops_centralized_at_the_budget_and_runs_federated_as_many_rounds(tiny_mnist_dir, tmp_path):
+    from sfdd_lab.experiments import methods_table
+
+    out = tmp_path / "methods"
+    argv = ["--data-dir", str(tiny_mnist_dir), "--out", str(out), "--datasets", "mnist", "--ipcs", "1",
+            "--methods", "DM", "--budget-seconds", "0.2",
+            "--run-config", "net-width=8 dm-batch-real=4 dm-steps=2 num-server-rounds=500 num-eval=1 eval-epochs=2"]
+    assert methods_table.main(argv) == 0
+    central, federated = json.loads((out / "methods_table.json").read_text())
+    assert (central["mode"], federated["mode"]) == ("centralized", "federated")
+    assert 1 <= central["rounds"] < 500 and central["train_seconds"] >= 0.2, "the budget stops the centralized run"
+    assert federated["rounds"] == central["rounds"], "the federated run makes as many rounds"
+    config = (out / "runs" / "mnist-dm-ipc1-federated" / "config.yaml").read_text()
+    assert "method: distribution-matching" in config and "eval-augment: dsa" in config and "min-clients: 5" in config
+    assert "| mnist | 1 | DM |" in (out / "methods_table.md").read_text()
+    stamp = (out / "runs" / "mnist-dm-ipc1-federated" / "summary.json").stat().st_mtime
+    assert methods_table.main(argv) == 0  # finished runs are reused
+    assert (out / "runs" / "mnist-dm-ipc1-federated" / "summary.json").stat().st_mtime == stamp
+    fake = [{"dataset": "mnist", "method": m, "ipc": 10, "mode": mode, "accuracy": a, "accuracy_std": 0.01,
+             "rounds": r, "train_seconds": 240.0, "seconds_per_round": 240.0 / r}
+            for m, mode, a, r in [("DC", "centralized", 0.9, 8), ("DC", "federated", 0.89, 2),
+                                  ("DM", "centralized", 0.8, 200), ("DM", "federated", 0.81, 40)]]
+    text = methods_table.table(fake)
+    assert "| mnist | 10 | DC | 90.00 ± 1.00 | 89.00 ± 1.00 | -1.00 | 8 / 2 | 240 / 240 | 120.0 |" in text
+    assert text.index("| DC |") < text.index("| DM |")
+    assert methods_table.plot(fake, tmp_path / "plot.png").stat().st_size > 1000

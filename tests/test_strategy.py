@@ -46,14 +46,16 @@ def instruction(node_id: int) -> Message:
     return delivered(Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN), node_id)
 
 
-def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, extra=None, **metrics) -> Message:
+def reply(node_id: int, images: np.ndarray | None = None, num_examples=100, extra=None, to: Message | None = None,
+          **metrics) -> Message:
+    """A train reply from `node_id` (to `to`, the message it answers, if given)."""
     content = RecordDict()
     if images is not None:
         content["state"] = ArrayRecord({"images": Array(images)} | ({"extra": Array(extra)} if extra is not None else {}))
     content["metrics"] = MetricRecord(
         {"num-examples": num_examples, "matching-loss": 1.0, "local-update-seconds": 0.5, **metrics}
     )
-    return Message(content, reply_to=instruction(node_id))
+    return Message(content, reply_to=to if to is not None else instruction(node_id))
 
 
 def test_aggregation_is_the_data_size_weighted_mean_of_images(tmp_path):
@@ -152,7 +154,7 @@ def test_rounds_with_the_real_client_app_write_every_artifact(tiny_mnist_dir, tm
 
 def test_a_failing_client_does_not_stop_the_round(tiny_mnist_dir, tmp_path):
     def broken(message, context):
-        return reply(103, np.full(SHAPE, np.nan, np.float32))
+        return reply(103, np.full(SHAPE, np.nan, np.float32), to=message)
 
     settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1})
     _, recorder, _, _ = run_clients(settings, tmp_path, {101: client_app.app, 102: client_app.app, 103: broken})
@@ -189,12 +191,12 @@ def test_resume_continues_at_the_next_round_and_matches_an_uninterrupted_run(tin
 
 # ----- resilience: nodes that vanish -----
 def test_a_silent_node_is_named_and_the_round_aggregates_the_others(tiny_mnist_dir, tmp_path, flwr_log):
-    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1, "num-eval": 0})
+    settings = tiny_settings(tiny_mnist_dir, tmp_path, **{"num-server-rounds": 1, "num-eval": 0, "round-timeout": 0.5})
     silent = lambda message, context: None
     _, recorder, _, _ = run_clients(settings, tmp_path, {101: client_app.app, 102: client_app.app, 103: silent})
     metrics = recorder.run_dir.read_metrics()[0]
     assert (metrics["clients_ok"], metrics["clients_failed"]) == (2, 1)
-    assert metrics["failures"] == ["node 103: no reply within round-timeout=3600 s"]
+    assert metrics["failures"] == ["node 103: no reply within round-timeout=0.5 s"]
     assert any("round 1: node 103: no reply" in record.getMessage() for record in flwr_log)
 
 
@@ -242,7 +244,8 @@ def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(t
     from sfdd_flwr.data.datasets import load_split
 
     settings = tiny_settings(
-        tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5, "num-server-rounds": 1}
+        tiny_mnist_dir, tmp_path, **{"eval-mode": "both", "num-eval": 2, "eval-epochs": 5, "num-server-rounds": 1,
+                                     "round-timeout": 0.5, "eval-timeout": 0.5}
     )
     grid = InProcessGrid(
         {101: client_app.app, 102: client_app.app, 103: lambda message, context: None},
@@ -259,7 +262,7 @@ def test_federated_and_server_evaluation_agree_on_the_union_of_the_test_shares(t
         assert record["federated_accuracies"] == pytest.approx(record["accuracies"], abs=1e-12)
         assert record["federated_test_examples"] == 100
         assert [n["node"] for n in record["federated_nodes"]] == ["hospital-a (node 101)", "node 102"]
-        assert record["federated_failures"] == ["node 103: no reply within eval-timeout=3600 s"]
+        assert record["federated_failures"] == ["node 103: no reply within eval-timeout=0.5 s"]
     assert summary["final_federated_accuracy_mean"] == pytest.approx(summary["final_accuracy_mean"])
     assert any(line.startswith("round 1: federated accuracy") and "100 held-out images of 2/3 nodes" in line for line in lines)
     assert any("final federated accuracy" in line for line in lines if line.startswith("SUMMARY"))

@@ -58,7 +58,8 @@ class BoundsSettings(SettingsGroup):
 @dataclass
 class BoundedReplies:
     """The replies a rule may combine: their states and weights (after capping and
-    clipping), which of the inputs they are, and one line per intervention."""
+    clipping), which of the inputs they are, one line per intervention, and every input
+    reply's update norm before clipping (what norm bounding acts on)."""
 
     states: list[dict[str, torch.Tensor]]
     weights: list[float]
@@ -67,6 +68,7 @@ class BoundedReplies:
     rejected: list[int] = field(default_factory=list)
     clipped: list[int] = field(default_factory=list)
     capped: list[int] = field(default_factory=list)
+    update_norms: list[float] = field(default_factory=list)
 
 
 def update_norm(sent: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> float:
@@ -165,6 +167,7 @@ def bound_replies(
     result.rejected, notes = outliers(params, sent, states, names)
     result.notes += notes
     norms = [update_norm(sent, state) for state in states]
+    result.update_norms = norms
     median_norm = median([norms[i] for i in range(len(norms)) if i not in result.rejected]) if norms else 0.0
     bound = params.update_clip if params.update_clip > 0 else math.inf
     if params.update_clip_ratio > 0 and median_norm > 0:

@@ -76,7 +76,7 @@ def composed_epsilon(params: LocalDpSettings, dimension: int, rounds: int) -> fl
         return math.inf
     if params.local_dp_mechanism == "laplace":
         return rounds * privacy_cost(params, dimension)[0]
-    from opacus.accountants import RDPAccountant  # imported here: seconds, needed by this defence only
+    from ..opacus_parts import RDPAccountant  # imported here: seconds, needed by this defence only
 
     accountant = RDPAccountant()
     accountant.history = [(params.local_dp_noise / (2 * params.local_dp_clip), 1.0, rounds)]

@@ -5,7 +5,8 @@ the number of clients, with FedAvg and with robust aggregation of the synthetic 
 
 Every point is a real `flwr run` simulation (IID clients, one of them, or
 `--malicious-fraction` of them, running Doorping) plus a clean run with the same settings
-and seeds. ASR of the clean run is measured with the attack run's final trigger. Writes
+and seeds (`--in-process`: the same rounds in this process, `sfdd_lab.federations`). ASR
+of the clean run is measured with the attack run's final trigger. Writes
 `backdoor_table.md`, `backdoor.png` and `results.json` under --out.
 """
 
@@ -29,7 +30,7 @@ from sfdd_flwr.runs.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.runs.recorder import server_evaluator
 from sfdd_flwr.settings import Settings
 
-from ..launch import LocalSuperLink
+from ..federations import Federations
 
 
 def saved_settings(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Settings:
@@ -39,8 +40,10 @@ def saved_settings(run_dir: str | Path, overrides: dict[str, Any] | None = None)
     return Settings.from_mapping(values, ignore=("resume-from",))
 
 
-def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clients: int, name: str, extra: str) -> dict[str, Any]:
-    """One `flwr run` simulation; returns its summary (CTA, ASR) and run directory.
+def run_sfdd(args: argparse.Namespace, federations: Federations, dataset: str, clients: int, name: str,
+             extra: str) -> dict[str, Any]:
+    """One federated run (a `flwr run` simulation unless --in-process); returns its summary
+    (CTA, ASR) and run directory.
 
     A run that already has a summary is not run again (unless --rerun), so an interrupted
     experiment continues where it stopped.
@@ -55,10 +58,7 @@ def run_sfdd(args: argparse.Namespace, link: LocalSuperLink, dataset: str, clien
         f"inner-loop={args.inner_loop} min-clients={clients} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
         f"eval-augment='{args.eval_augment}' doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
     )
-    result = link.run(settings, num_supernodes=clients, timeout_seconds=48 * 3600)
-    (args.out / dataset / f"{name}.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise SystemExit(f"{name} failed; see {args.out / dataset / f'{name}.log'}")
+    federations.run(settings, clients, args.out / dataset / f"{name}.log")
     summary = json.loads((run_dir / "summary.json").read_text())
     print(json.dumps({"run": name, "cta": summary["final_accuracy_mean"], "asr": summary.get("final_attack_success_mean")}), flush=True)
     return summary
@@ -126,17 +126,17 @@ def malicious_updates_kept(metrics: list[dict[str, Any]], malicious: set[int]) -
     return rounds_with_attacker, len(chosen)
 
 
-def run_dataset(args: argparse.Namespace, link: LocalSuperLink, dataset: str) -> list[dict]:
+def run_dataset(args: argparse.Namespace, federations: Federations, dataset: str) -> list[dict]:
     rows = []
     malicious = (
         f"malicious-fraction={args.malicious_fraction}" if args.malicious_fraction else "malicious-clients='0'"
     )
     attack = f"{malicious} malicious-behaviour='{args.behaviour}' doorping-collude={str(args.collude).lower()}"
     for clients in args.clients:
-        clean = run_sfdd(args, link, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
+        clean = run_sfdd(args, federations, dataset, clients, f"clean-n{clients}-fedavg", "aggregator='fedavg'")
         aggregators = ["fedavg"] + ([a for a in args.aggregators if a != "fedavg"] if clients == args.robust_clients else [])
         for aggregator in aggregators:
-            attacked = run_sfdd(args, link, dataset, clients, f"{args.behaviour}-n{clients}-{aggregator}", f"{attack} aggregator='{aggregator}'")
+            attacked = run_sfdd(args, federations, dataset, clients, f"{args.behaviour}-n{clients}-{aggregator}", f"{attack} aggregator='{aggregator}'")
             row = {
                 "dataset": dataset, "clients": clients, "aggregator": aggregator,
                 "cta_clean_fedavg": clean["final_accuracy_mean"],
@@ -242,11 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-config", default="", help="extra settings for every run")
     parser.add_argument("--skip-clean-asr", action="store_true")
     parser.add_argument("--rerun", action="store_true", help="rerun runs that already have a summary")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the federations in this process instead of `flwr run` (quick checks)")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    with LocalSuperLink(args.out / "superlink") as link:
-        rows = [row for dataset in args.datasets for row in run_dataset(args, link, dataset)]
+    with Federations(args.out, in_process=args.in_process) as federations:
+        rows = [row for dataset in args.datasets for row in run_dataset(args, federations, dataset)]
     table = markdown(rows, args)
     (args.out / "backdoor_table.md").write_text(table)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")

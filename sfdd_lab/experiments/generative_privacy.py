@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from sfdd_flwr.models.training import train_network_epoch
 from sfdd_flwr.runs.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.runs.recorder import server_evaluator
 from sfdd_flwr.seeding import derive_seed, make_generator
-from sfdd_flwr.settings import Settings, settings_from_run_configs
+from sfdd_flwr.settings import Settings, load_preset, settings_from_run_configs
 
 from ..attacks.membership import (
     classifier_attack,
@@ -63,7 +64,7 @@ class Row:
 def rows_for(scale: str) -> list[Row]:
     """The table's synthetic rows at a scale (presets: conf/)."""
     sfdd = "preset='side-by-side-sfdd'" if scale == "cpu" else "preset='paper-ipc10'"
-    sfdd50 = "preset='side-by-side-sfdd' ipc=50" if scale == "cpu" else "preset='paper-ipc50'"
+    sfdd50 = "preset='side-by-side-sfdd' ipc=50 num-server-rounds=4" if scale == "cpu" else "preset='paper-ipc50'"
     generator = "preset='diffusion-quickstart'" if scale == "cpu" else "preset='diffusion-paper'"
     private = "preset='diffusion-dp-quickstart'" if scale == "cpu" else "preset='diffusion-paper'"
     return [
@@ -75,8 +76,14 @@ def rows_for(scale: str) -> list[Row]:
     ]
 
 
+def sfdd_eval_epochs(scale: str) -> int:
+    """The epochs SFDD's rows train their classifiers (0: the DC protocol's default)."""
+    return int(load_preset("side-by-side-sfdd" if scale == "cpu" else "paper-ipc10").get("eval-epochs", 0))
+
+
 def run_name(dataset: str, row: Row) -> str:
-    return f"{dataset}-" + "".join(ch if ch.isalnum() else "-" for ch in row.name.lower()).strip("-")
+    """A folder name for the row's run, e.g. `mnist-diffusion-dp-eps-10`."""
+    return f"{dataset}-" + re.sub(r"[^a-z0-9]+", "-", row.name.lower().replace("ε", "eps")).strip("-")
 
 
 def simulate(link: LocalSuperLink, out: Path, dataset: str, data_dir: str, row: Row, extra: str) -> dict[str, Any]:
@@ -86,12 +93,12 @@ def simulate(link: LocalSuperLink, out: Path, dataset: str, data_dir: str, row: 
     timing = out / "runs" / f"{name}.wall_seconds"
     if not (run_dir / "summary.json").is_file():
         started = time.monotonic()
+        print(f"{name}: running (log: {out / 'runs' / f'{name}.log'})", flush=True)
         result = link.run(
             f"{row.run_config} dataset='{dataset}' data-dir='{data_dir}' output-dir='{out / 'runs'}' "
             f"run-name='{name}' min-clients={CLIENTS} {extra}",
-            num_supernodes=CLIENTS, timeout_seconds=48 * 3600,
+            num_supernodes=CLIENTS, timeout_seconds=48 * 3600, log_path=out / "runs" / f"{name}.log",
         )
-        (out / "runs" / f"{name}.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise SystemExit(f"{name} failed; see {out / 'runs' / f'{name}.log'}")
         timing.write_text(f"{time.monotonic() - started:.1f}\n")
@@ -108,9 +115,12 @@ def traffic(run_dir: Path) -> tuple[float, float]:
     return total / max(clients, 1), float(total)
 
 
-def few_samples_accuracy(run_dir: Path, per_class: int, data_dir: str) -> float:
-    """A generator's accuracy with `per_class` samples per class (as many as SFDD's set)."""
-    settings = saved_run_settings(run_dir).replace(diffusion_samples_per_class=per_class, data_dir=data_dir)
+def few_samples_accuracy(run_dir: Path, per_class: int, data_dir: str, eval_epochs: int) -> float:
+    """A generator's accuracy with `per_class` samples per class (as many as SFDD's set),
+    its classifiers trained for SFDD's `eval_epochs`."""
+    settings = saved_run_settings(run_dir).replace(
+        diffusion_samples_per_class=per_class, data_dir=data_dir, eval_epochs=eval_epochs
+    )
     method = Diffusion(settings)
     state = method.restore(RunDirectory(run_dir).load_checkpoint(Diffusion.checkpoint_file))
     device = resolve_device(settings.device)
@@ -237,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     **membership(run_dir, row.generator, args.membership_count),
                 }
                 if row.generator:
-                    figures["accuracy_10_per_class"] = few_samples_accuracy(run_dir, 10, args.data_dir)
+                    figures["accuracy_10_per_class"] = few_samples_accuracy(
+                        run_dir, 10, args.data_dir, sfdd_eval_epochs(args.scale)
+                    )
                 results.append(figures)
                 print(json.dumps(figures), flush=True)
             base = settings_from_run_configs(

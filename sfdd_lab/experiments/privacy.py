@@ -9,8 +9,9 @@ For each dataset, on the paper's security model (ConvNet without pooling, sigmoi
    setting), with no defence and with LDPO-RLD; the server attacks each update
    (non-adaptive, and adaptive for LDPO-RLD). Also batches of 4 and 16 images per class.
 2. LocalDP calibration: the noise level whose attack MSE reaches LDPO-RLD's.
-3. accuracy: real `flwr run` simulations (5 clients, quick protocol) without defence,
-   with LDPO-RLD and with the calibrated LocalDP, same rounds and seeds.
+3. accuracy: federated runs (real `flwr run` simulations; `--in-process`: the same rounds
+   in this process), 5 clients, quick protocol, without defence, with LDPO-RLD and with
+   the calibrated LocalDP, same rounds and seeds.
 Writes `privacy_tables.md`, `results.json` and comparison PNGs under --out.
 """
 
@@ -47,7 +48,7 @@ from ..attacks.leakage import (
     save_observed_update,
     score,
 )
-from ..launch import LocalSuperLink
+from ..federations import Federations
 
 NUM_CLIENTS = 5
 
@@ -132,18 +133,15 @@ def mean_of(rows: list[dict], key: str = "mse_normalised") -> float:
     return statistics.mean(row[key] for row in rows)
 
 
-def sfdd_accuracy(link: LocalSuperLink, settings_text: str, workdir: Path, name: str) -> dict:
-    """A real `flwr run` simulation with 5 clients; returns its summary (a finished run
-    found in `workdir` is reused, so an interrupted experiment continues)."""
+def sfdd_accuracy(federations: Federations, settings_text: str, workdir: Path, name: str) -> dict:
+    """A federated run with 5 clients (a real `flwr run` simulation unless --in-process);
+    returns its summary (a finished run found in `workdir` is reused, so an interrupted
+    experiment continues)."""
     summary_path = workdir / "runs" / name / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    result = link.run(
-        f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", num_supernodes=NUM_CLIENTS,
-        timeout_seconds=48 * 3600,
-    )
-    if result.returncode != 0:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+    federations.run(f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", NUM_CLIENTS,
+                    workdir / "runs" / f"{name}.log")
     summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
     print(json.dumps({"run": name, "accuracy": summary["final_accuracy_mean"], "std": summary["final_accuracy_std"]}), flush=True)
     return summary
@@ -228,16 +226,16 @@ def run_dataset(args: argparse.Namespace, dataset: str) -> dict:
             f"{network} {args.run_config}"
         )
         workdir = args.out / dataset
-        with LocalSuperLink(workdir / "superlink") as link:
+        with Federations(workdir, in_process=args.in_process) as federations:
             results["accuracy"] = {
-                "none": sfdd_accuracy(link, common, workdir, "none"),
+                "none": sfdd_accuracy(federations, common, workdir, "none"),
                 "ldpo-rld": sfdd_accuracy(
-                    link, common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"
+                    federations, common + f" defence='ldpo-rld' ldpo-alpha={args.ldpo_alpha} ldpo-k={args.ldpo_k}", workdir, "ldpo-rld"
                 ),
                 # Named by the matched level, so a rerun whose calibration picks another
                 # level does not reuse a run made with the old noise.
                 "local-dp": sfdd_accuracy(
-                    link, common + f" defence='local-dp' local-dp-clip={accuracy_clip} local-dp-noise={accuracy_noise}",
+                    federations, common + f" defence='local-dp' local-dp-clip={accuracy_clip} local-dp-noise={accuracy_noise}",
                     workdir, f"local-dp-noise{matched[0]:g}",
                 ),
             }
@@ -335,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-eval", type=int, default=3)
     parser.add_argument("--eval-epochs", type=int, default=300)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the accuracy federations in this process instead of `flwr run` (quick checks)")
     parser.add_argument("--no-defence-only", action="store_true",
                         help="only attack undefended 1-image updates (e.g. to try other attack settings)")
     parser.add_argument("--accuracy-model", choices=["standard", "security"], default="standard",

@@ -11,10 +11,8 @@ accountant assumes (several noise draws per image would count as several example
 from __future__ import annotations
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
+
+from ...opacus_parts import DPOptimizer, GradSampleModule, RDPAccountant, get_noise_multiplier
 
 
 def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
