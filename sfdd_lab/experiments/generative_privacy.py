@@ -10,7 +10,8 @@ classifiers trained on the synthetic data only (for a generator also with as man
 samples as SFDD's IPC-10 set has images), bytes exchanged per client per round and in
 total, wall time, and the membership-inference AUC against a classifier trained on that
 data (and against the generator itself). Writes `generative_privacy.md`, `.json` and a
-PNG of accuracy against membership AUC under --out; finished runs are reused.
+PNG of accuracy against membership AUC under --out; finished runs, and the attacks and
+evaluations made on them (`runs/<run>.figures.json`), are reused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,31 @@ def fedavg_classifier(settings: Settings, rounds: int, local_epochs: int, count:
             "wall_seconds": time.monotonic() - started, "mia_auc_classifier": attack.auc}
 
 
+def row_figures(args: argparse.Namespace, dataset: str, row: Row, summary: dict[str, Any]) -> dict[str, Any]:
+    """A synthetic row's columns: from its run's summary and metrics, and the attacks."""
+    run_dir = Path(summary["run_dir"])
+    per_round, total = traffic(run_dir)
+    figures = {
+        "dataset": dataset, "system": row.name, "accuracy": summary["final_accuracy_mean"],
+        "accuracy_std": summary["final_accuracy_std"], "bytes_per_client_round": per_round,
+        "bytes_total": total, "wall_seconds": summary["wall_seconds"],
+        "epsilon": summary["last_round"].get("dp_epsilon"),
+        **membership(run_dir, row.generator, args.membership_count),
+    }
+    if row.generator:
+        figures["accuracy_10_per_class"] = few_samples_accuracy(run_dir, 10, args.data_dir, sfdd_eval_epochs(args.scale))
+    return figures
+
+
+def cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`compute()`, kept in `path`: a rerun reuses a row's attacks and evaluations too."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    figures = compute()
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| dataset | system | accuracy % | accuracy, 10 samples per class % | MB per client per round | MB in total "
@@ -237,26 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets:
             for row in rows_for(args.scale):
                 summary = simulate(link, args.out, dataset, args.data_dir, row, args.run_config)
-                run_dir = Path(summary["run_dir"])
-                per_round, total = traffic(run_dir)
-                figures = {
-                    "dataset": dataset, "system": row.name, "accuracy": summary["final_accuracy_mean"],
-                    "accuracy_std": summary["final_accuracy_std"], "bytes_per_client_round": per_round,
-                    "bytes_total": total, "wall_seconds": summary["wall_seconds"],
-                    "epsilon": summary["last_round"].get("dp_epsilon"),
-                    **membership(run_dir, row.generator, args.membership_count),
-                }
-                if row.generator:
-                    figures["accuracy_10_per_class"] = few_samples_accuracy(
-                        run_dir, 10, args.data_dir, sfdd_eval_epochs(args.scale)
-                    )
-                results.append(figures)
-                print(json.dumps(figures), flush=True)
-            base = settings_from_run_configs(
-                [f"preset='diffusion-quickstart' dataset='{dataset}' data-dir='{args.data_dir}'", args.run_config])
-            bound = fedavg_classifier(base, args.upper_bound_rounds, args.upper_bound_epochs, args.membership_count)
-            results.append({"dataset": dataset, "system": "FedAvg classifier on the real data (upper bound)",
-                            "accuracy": bound["accuracy"], "accuracy_std": None, **bound})
+                results.append(cached(args.out / "runs" / f"{run_name(dataset, row)}.figures.json",
+                                      lambda: row_figures(args, dataset, row, summary)))
+                print(json.dumps(results[-1]), flush=True)
+
+            def upper_bound() -> dict[str, Any]:
+                base = settings_from_run_configs(
+                    [f"preset='diffusion-quickstart' dataset='{dataset}' data-dir='{args.data_dir}'", args.run_config])
+                bound = fedavg_classifier(base, args.upper_bound_rounds, args.upper_bound_epochs, args.membership_count)
+                return {"dataset": dataset, "system": "FedAvg classifier on the real data (upper bound)",
+                        "accuracy": bound["accuracy"], "accuracy_std": None, **bound}
+
+            results.append(cached(args.out / "runs" / f"{dataset}-upper-bound.figures.json", upper_bound))
             print(json.dumps(results[-1]), flush=True)
     text = table(results)
     (args.out / "generative_privacy.md").write_text(text)
