@@ -167,7 +167,11 @@ def test_the_side_by_side_table_reads_traffic_and_renders_every_row(tiny_mnist_d
     assert "| 70.00 |" in text and "| 9.97 |" in text
     assert generative_privacy.plot(rows, tmp_path / "table.png").stat().st_size > 1000
     computed = []
-    figures = lambda: computed.append(1) or {"accuracy": 0.5}  # noqa: E731
+
+    def figures():
+        computed.append(1)
+        return {"accuracy": 0.5}
+
     assert generative_privacy.cached(tmp_path / "row.json", figures) == {"accuracy": 0.5}
     assert generative_privacy.cached(tmp_path / "row.json", figures) == {"accuracy": 0.5} and computed == [1]
     names = [row.name for row in generative_privacy.rows_for("cpu")]
