@@ -82,7 +82,7 @@ def replies_from_nodes(
     return from_nodes, missing
 
 
-REPLY_POLL_SECONDS = 0.25
+REPLY_POLL_SECONDS = 0.1
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
@@ -90,7 +90,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float) -> list[Messag
 
     Flower's `Grid.send_and_receive` does the same, but a deployment's grid looks for
     replies only every 3 s, which adds up to 3 s to every round and evaluation; this polls
-    every `REPLY_POLL_SECONDS`."""
+    every `REPLY_POLL_SECONDS`, as Flower's simulation grid does."""
     waiting = set(grid.push_messages(messages))
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
