@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sfdd_lab.federations import start_afresh
 from sfdd_lab.launch import LocalSuperLink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def continuation(run_dir: Path) -> str | None:
         return None
     if (run_dir / "synthetic_set.pt").is_file():
         return f" resume-from='{run_dir}'"
+    start_afresh(run_dir)
     return ""
 
 

@@ -10,6 +10,7 @@ as it comes and its outputs to its run directory.
 
 from __future__ import annotations
 
+import shutil
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,14 @@ class Federations:
             ok = _run_here(run_config, log_path)
         if not ok:
             raise SystemExit(f"a run failed; see {log_path}")
+
+
+def start_afresh(run_dir: Path) -> None:
+    """Remove what an earlier, unfinished attempt left in `run_dir` before the run starts
+    again there (a fresh run refuses a folder that holds a run)."""
+    if run_dir.is_dir():
+        print(f"{run_dir.name}: starting again; the unfinished earlier attempt in {run_dir} is removed", flush=True)
+        shutil.rmtree(run_dir)
 
 
 def run_logged(work: Callable[[Callable[[str], None]], object], log_path: Path) -> bool:

@@ -131,3 +131,15 @@ def test_resuming_a_run_cut_off_during_its_final_evaluation_evaluates_it(tiny_mn
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["final_accuracy_mean"] == finished["final_accuracy_mean"]
     assert [r["round"] for r in RunDirectory(run_dir).read_metrics()] == list(range(1, finished["rounds"] + 1))
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_an_earlier_run(tiny_mnist_dir, tmp_path, capsys):
+    config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central'"
+    assert main(["--run-config", config]) == 0
+    run_dir = tmp_path / "central"
+    metrics_before = (run_dir / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["--run-config", config]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run-name='central' is not allowed" in err[0] and "resume-from=" in err[0], err
+    assert (run_dir / "metrics.jsonl").read_text() == metrics_before

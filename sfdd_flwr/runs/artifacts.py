@@ -89,6 +89,10 @@ class RunDirectory:
     def prepare(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
 
+    def holds_run(self) -> bool:
+        """Whether an earlier run started here (its settings, rounds or summary are present)."""
+        return any(self.file(name).is_file() for name in (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE))
+
     def save_config(self, settings_record: dict[str, Any]) -> None:
         text = yaml.safe_dump(settings_record, sort_keys=False)
         atomic_write(self.file(CONFIG_FILE), lambda p: p.write_text(text))

@@ -129,6 +129,11 @@ class RunRecorder:
         self.run_dir.prepare()
         if self.settings.resume_from:
             return self._resume()
+        if self.run_dir.holds_run():
+            raise ConfigError(
+                f"run-name={self.run_dir.path.name!r} is not allowed: {self.run_dir.path} already holds a run; "
+                f"choose another run-name, continue it with resume-from='{self.run_dir.path}', or remove the folder"
+            )
         self.run_dir.save_config(self.settings.to_record())
         state = self.method.initial_state()
         self._save_checkpoint(state, 0)

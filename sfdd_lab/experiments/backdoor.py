@@ -30,7 +30,7 @@ from sfdd_flwr.runs.artifacts import RunDirectory, load_synthetic_set
 from sfdd_flwr.runs.recorder import server_evaluator
 from sfdd_flwr.settings import Settings
 
-from ..federations import Federations
+from ..federations import Federations, start_afresh
 
 
 def saved_settings(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> Settings:
@@ -58,6 +58,7 @@ def run_sfdd(args: argparse.Namespace, federations: Federations, dataset: str, c
         f"inner-loop={args.inner_loop} min-clients={clients} num-eval={args.num_eval} eval-epochs={args.eval_epochs} "
         f"eval-augment='{args.eval_augment}' doorping-trigger-steps={args.trigger_steps} {args.run_config} {extra}"
     )
+    start_afresh(run_dir)
     federations.run(settings, clients, args.out / dataset / f"{name}.log")
     summary = json.loads((run_dir / "summary.json").read_text())
     print(json.dumps({"run": name, "cta": summary["final_accuracy_mean"], "asr": summary.get("final_attack_success_mean")}), flush=True)

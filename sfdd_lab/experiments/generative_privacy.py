@@ -49,6 +49,7 @@ from ..attacks.membership import (
     result_of,
     saved_run_settings,
 )
+from ..federations import start_afresh
 from ..launch import LocalSuperLink
 
 CLIENTS = 5
@@ -94,6 +95,7 @@ def simulate(link: LocalSuperLink, out: Path, dataset: str, data_dir: str, row: 
     run_dir = out / "runs" / name
     timing = out / "runs" / f"{name}.wall_seconds"
     if not (run_dir / "summary.json").is_file():
+        start_afresh(run_dir)
         started = time.monotonic()
         print(f"{name}: running (log: {out / 'runs' / f'{name}.log'})", flush=True)
         result = link.run(

@@ -30,7 +30,7 @@ from sfdd_flwr.settings import settings_from_run_configs
 
 from .. import full_protocol
 from ..centralized import CentralizedSettings, run_centralized
-from ..federations import run_logged
+from ..federations import run_logged, start_afresh
 
 CLIENTS = 5
 PRESETS = {"cpu": "methods-cpu", "paper": "methods-paper"}
@@ -70,6 +70,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, rounds: int | None = None) ->
     runs = args.out / "runs"
     summary_path = runs / cell.name / "summary.json"
     if not summary_path.is_file():
+        start_afresh(runs / cell.name)
         runs.mkdir(parents=True, exist_ok=True)
         budget = args.budget_seconds if args.scale == "cpu" else None
         config = run_config(cell, args.scale, args.data_dir, runs, args.run_config, rounds)

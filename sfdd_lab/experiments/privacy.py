@@ -48,7 +48,7 @@ from ..attacks.leakage import (
     save_observed_update,
     score,
 )
-from ..federations import Federations
+from ..federations import Federations, start_afresh
 
 NUM_CLIENTS = 5
 
@@ -140,6 +140,7 @@ def sfdd_accuracy(federations: Federations, settings_text: str, workdir: Path, n
     summary_path = workdir / "runs" / name / "summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
+    start_afresh(summary_path.parent)
     federations.run(f"{settings_text} run-name='{name}' min-clients={NUM_CLIENTS}", NUM_CLIENTS,
                     workdir / "runs" / f"{name}.log")
     summary = json.loads((workdir / "runs" / name / "summary.json").read_text())
