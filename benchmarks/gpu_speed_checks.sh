@@ -7,12 +7,14 @@
 #   2. seconds per local update, per-class loop against vectorised matching, at IPC 1 /
 #      batch-real 64, IPC 10 / 256 and IPC 50 / 256 (benchmarks/matching_speed.py);
 #   3. DM at the methods table's paper protocol (MNIST, IPC 10, 5 clients, 20 DM steps a
-#      round), stopped and evaluated the same way (DM's protocol: 1000 epochs with DSA).
-#   benchmarks/gpu_speed_checks.sh DATA_DIR OUT_DIR [TRAIN_SECONDS] [NUM_EVAL]
+#      round), stopped after DM_TRAIN_SECONDS and evaluated the same way (DM's protocol:
+#      1000 epochs with DSA).
+#   benchmarks/gpu_speed_checks.sh DATA_DIR OUT_DIR [TRAIN_SECONDS] [NUM_EVAL] [DM_TRAIN_SECONDS]
+# OUT_DIR must not hold the runs of an earlier call (a new run refuses a folder that holds one).
 # Runs from the repository root with only torch installed (sfdd_lab.full_protocol needs
 # no flwr). Logs: OUT_DIR/*.log; each run's summary.json under OUT_DIR/runs.
 set -u
-data_dir=${1:?data dir}; out=${2:?output dir}; train_seconds=${3:-150}; num_eval=${4:-5}
+data_dir=${1:?data dir}; out=${2:?output dir}; train_seconds=${3:-150}; num_eval=${4:-5}; dm_train_seconds=${5:-90}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -23,6 +25,6 @@ common="data-dir='$data_dir' output-dir='$out/runs' eval-every=0 num-eval=$num_e
 "$python" -m sfdd_lab.full_protocol --max-train-seconds "$train_seconds" -c \
   "preset='paper-ipc10' vectorised-matching=true run-name='dc-ipc10-vectorised' $common" > "$out/dc_ipc10.log" 2>&1
 "$python" benchmarks/matching_speed.py --device cuda --repeats 2 --data-dir "$data_dir" > "$out/matching_speed.log" 2>&1
-"$python" -m sfdd_lab.full_protocol --max-train-seconds "$train_seconds" -c \
+"$python" -m sfdd_lab.full_protocol --max-train-seconds "$dm_train_seconds" -c \
   "preset='methods-paper' method='distribution-matching' eval-augment='dsa' ipc=10 run-name='dm-ipc10' $common" \
   > "$out/dm_ipc10.log" 2>&1

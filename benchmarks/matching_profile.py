@@ -153,9 +153,12 @@ def main() -> None:
     events = {event.key: event.self_cpu_time_total / 1e6 for event in profiled.key_averages()}
     conv_forward, conv_backward = events.get("aten::mkldnn_convolution", 0.0), events.get("aten::convolution_backward", 0.0)
     total = sum(events.values())
+    def rate(multiply_adds: float, seconds: float) -> str:
+        return f"{2 * multiply_adds / seconds / 1e9:.0f} GFLOP/s" if seconds > 0 else "not in the profile"
+
     print(f"real part under the profiler: {total:.3f} s of operator self time; convolutions "
-          f"{conv_forward:.3f} s forward ({2 * forward / conv_forward / 1e9:.0f} GFLOP/s), "
-          f"{conv_backward:.3f} s backward ({2 * backward / conv_backward / 1e9:.0f} GFLOP/s)")
+          f"{conv_forward:.3f} s forward ({rate(forward, conv_forward)}), "
+          f"{conv_backward:.3f} s backward ({rate(backward, conv_backward)})")
     for name, seconds in sorted(events.items(), key=lambda item: -item[1])[:10]:
         print(f"  {name}: {seconds:.3f} s ({100 * seconds / total:.1f} %)")
     if args.dc_reference:

@@ -115,7 +115,7 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}; {args.clients} clients ({rows[0]['sampled']} a round), "
           f"rounds 2..{args.rounds}; {args.run_config}")
-    print("| client-resources-num-cpus | s per client local update | s per round | overhead share "
+    print("| client-resources-num-cpus | local update s per sampled client | s per round | overhead share "
           "| round 1 (start-up) s | peak memory (MiB) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:

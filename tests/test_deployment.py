@@ -108,7 +108,7 @@ def test_connections_without_the_ca_certificate_fail(federation):
 @pytest.fixture(scope="module")
 def first_run(federation):
     """A 1-round SFDD run on the three hospitals, evaluated on their held-out images
-    (a deployment round costs ~12 s of polling and process start-up here)."""
+    (a deployment round costs ~12 s of process start-up here)."""
     out = federation.work / "out"
     config = RUN_CONFIG.replace("num-server-rounds=2", "num-server-rounds=1")
     log, returncode = federation.run(config + f" min-clients=3 output-dir='{out}' run-name='first'")

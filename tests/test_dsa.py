@@ -16,7 +16,7 @@ def test_siamese_mode_gives_the_real_batch_and_the_synthetic_images_one_transfor
     generator = torch.Generator().manual_seed(1)
     real = torch.randn(8, 3, 16, 16, generator=generator)
     synthetic = real[:3].clone().requires_grad_(True)
-    for seed in range(4):  # flip must be drawn both ways at least once
+    for seed in range(4):  # a few draws, so that the random choices vary
         real_out, synthetic_out = siamese(real, synthetic, DsaParams(strategy=group), torch.Generator().manual_seed(seed))
         assert real_out.shape == real.shape
         assert torch.allclose(synthetic_out, real_out[:3], atol=1e-6)

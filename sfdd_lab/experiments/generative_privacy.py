@@ -96,6 +96,7 @@ def simulate(link: LocalSuperLink, out: Path, dataset: str, data_dir: str, row: 
     timing = out / "runs" / f"{name}.wall_seconds"
     if not (run_dir / "summary.json").is_file():
         start_afresh(run_dir)
+        (out / "runs" / f"{name}.figures.json").unlink(missing_ok=True)
         started = time.monotonic()
         print(f"{name}: running (log: {out / 'runs' / f'{name}.log'})", flush=True)
         result = link.run(

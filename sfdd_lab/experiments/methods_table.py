@@ -69,6 +69,10 @@ def run_cell(cell: Cell, args: argparse.Namespace, rounds: int | None = None) ->
     finished run found under --out."""
     runs = args.out / "runs"
     summary_path = runs / cell.name / "summary.json"
+    if summary_path.is_file() and rounds and json.loads(summary_path.read_text())["rounds"] != rounds:
+        print(f"{cell.name}: its finished run has other rounds than its centralized twin's {rounds}; running it again",
+              flush=True)
+        summary_path.unlink()
     if not summary_path.is_file():
         start_afresh(runs / cell.name)
         runs.mkdir(parents=True, exist_ok=True)
