@@ -305,6 +305,8 @@ def load_partition(request: PartitionRequest) -> LabelledImages:
     if indices.numel() == 0:
         raise DataUnavailableError(
             f"partition {request.partition_id} of {request.num_partitions} holds no examples "
-            f"({request.partitioning}, dirichlet-beta={request.dirichlet_beta}, min-partition-size=0)"
+            f"({request.partitioning}"
+            + (f", dirichlet-beta={request.dirichlet_beta}" if request.partitioning == "dirichlet" else "")
+            + f", min-partition-size={request.min_partition_size})"
         )
     return LabelledImages(normalise(raw_images[indices], spec), labels[indices])
