@@ -165,7 +165,8 @@ def test_the_side_by_side_table_reads_traffic_and_renders_every_row(tiny_mnist_d
     text = generative_privacy.table(rows)
     assert "| mnist | SFDD, IPC 10 | 90.00 ± 1.00 | - | 0.063 | 6.3 | 10.0 min | 0.510 | - | - |" in text
     assert "| 70.00 |" in text and "| 9.97 |" in text
-    assert generative_privacy.plot(rows, tmp_path / "table.png").stat().st_size > 1000
+    assert generative_privacy.plot(rows, tmp_path / "table.png", 1000).stat().st_size > 1000
+    assert generative_privacy.null_auc_std(1000, 1000) == pytest.approx(0.0129, abs=1e-4)
     computed = []
 
     def figures():

@@ -227,22 +227,40 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+def null_auc_std(members: int, non_members: int) -> float:
+    """Standard deviation of the ROC AUC of a score that knows nothing (Mann-Whitney)."""
+    return ((members + non_members + 1) / (12 * members * non_members)) ** 0.5
+
+
+def plot(rows: list[dict[str, Any]], path: Path, membership_count: int) -> Path:
+    """One panel per dataset: accuracy against the membership AUC of the attack on a
+    classifier trained on each system's data (the one attack every row has), with the
+    band a score that knows nothing falls in (0.5 +- 2 standard deviations)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4.5))
-    for row in rows:
-        auc = row.get("mia_auc_generator") or row.get("mia_auc_classifier")
-        axis.scatter(auc, 100 * row["accuracy"], label=f"{row['dataset']}: {row['system']}")
-    axis.axvline(0.5, color="grey", linestyle=":")
-    axis.set_xlabel("membership-inference AUC (0.5 = nothing learnt)")
-    axis.set_ylabel("test accuracy of a classifier trained on it (%)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    systems = list(dict.fromkeys(row["system"] for row in rows))
+    colours = plt.get_cmap("tab10")
+    markers = "osD^vP*X"
+    figure, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), sharey=True, squeeze=False)
+    band = 2 * null_auc_std(membership_count, membership_count)
+    for axis, dataset in zip(axes[0], datasets):
+        axis.axvspan(0.5 - band, 0.5 + band, color="grey", alpha=0.15, lw=0)
+        axis.axvline(0.5, color="grey", linestyle=":")
+        for row in (r for r in rows if r["dataset"] == dataset):
+            index = systems.index(row["system"])
+            axis.scatter(row["mia_auc_classifier"], 100 * row["accuracy"], color=colours(index),
+                         marker=markers[index % len(markers)], s=45, label=row["system"])
+        axis.set_title(dataset)
+        axis.set_xlabel("membership AUC against a classifier trained on it")
+    axes[0][0].set_ylabel("test accuracy of a classifier trained on it (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
 
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     (args.out / "generative_privacy.md").write_text(text)
     (args.out / "generative_privacy.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out / "generative_privacy.png")
+    plot(results, args.out / "generative_privacy.png", args.membership_count)
     print(text)
     return 0
 
