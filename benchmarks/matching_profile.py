@@ -105,6 +105,11 @@ def reference_iteration(path: Path, pools: ClassPools, ipc: int, batch_real: int
             epoch("train", loader, net, optimizer_net, criterion, args, aug=False)
 
 
+def rate(multiply_adds: float, seconds: float) -> str:
+    """Throughput of an operator from its multiply-adds and time."""
+    return f"{2 * multiply_adds / seconds / 1e9:.0f} GFLOP/s" if seconds > 0 else "not in the profile"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -153,9 +158,6 @@ def main() -> None:
     events = {event.key: event.self_cpu_time_total / 1e6 for event in profiled.key_averages()}
     conv_forward, conv_backward = events.get("aten::mkldnn_convolution", 0.0), events.get("aten::convolution_backward", 0.0)
     total = sum(events.values())
-    def rate(multiply_adds: float, seconds: float) -> str:
-        return f"{2 * multiply_adds / seconds / 1e9:.0f} GFLOP/s" if seconds > 0 else "not in the profile"
-
     print(f"real part under the profiler: {total:.3f} s of operator self time; convolutions "
           f"{conv_forward:.3f} s forward ({rate(forward, conv_forward)}), "
           f"{conv_backward:.3f} s backward ({rate(backward, conv_backward)})")

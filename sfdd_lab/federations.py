@@ -54,10 +54,10 @@ class Federations:
 
 
 def start_afresh(run_dir: Path) -> None:
-    """Remove what an earlier, unfinished attempt left in `run_dir` before the run starts
-    again there (a fresh run refuses a folder that holds a run)."""
+    """Remove what an earlier attempt left in `run_dir` before the run starts again there
+    (a fresh run refuses a folder that holds a run)."""
     if run_dir.is_dir():
-        print(f"{run_dir.name}: starting again; the unfinished earlier attempt in {run_dir} is removed", flush=True)
+        print(f"{run_dir.name}: starting again; what an earlier attempt left in {run_dir} is removed", flush=True)
         shutil.rmtree(run_dir)
 
 
