@@ -24,7 +24,9 @@ clients' S_i are aggregated, so any backdoor left is not carried by the attacker
 updates, and no aggregation rule over the S_i could remove it.
 `--parallel-clients` runs each client in its own process (one GPU shared), with the
 same results as one after the other (bit-identical on CPU; nondeterministic GPU kernels
-can make runs differ slightly either way).
+can make runs differ slightly either way). On a CPU give each process its share of the
+cores (e.g. `OMP_NUM_THREADS=1` for 3 clients on 2 cores): with more threads than cores
+every client runs several times slower.
 """
 
 from __future__ import annotations
