@@ -23,10 +23,10 @@ every round (they receive S, poison, optimise their trigger), but only the hones
 clients' S_i are aggregated, so any backdoor left is not carried by the attackers'
 updates, and no aggregation rule over the S_i could remove it.
 `--parallel-clients` runs each client in its own process (one GPU shared), with the
-same results as one after the other (bit-identical on CPU; nondeterministic GPU kernels
-can make runs differ slightly either way). On a CPU give each process its share of the
-cores (e.g. `OMP_NUM_THREADS=1` for 3 clients on 2 cores): with more threads than cores
-every client runs several times slower.
+same results as one after the other at the same thread count (bit-identical on CPU;
+nondeterministic GPU kernels can make runs differ slightly either way). On a CPU give
+each process its share of the cores (e.g. `OMP_NUM_THREADS=1` for 3 clients on 2 cores):
+with more threads than cores every client runs several times slower.
 """
 
 from __future__ import annotations
