@@ -135,8 +135,8 @@ class SynthesisStrategy(FedAvg):
         self.last_round_failures: list[str] = []
         self.last_round_clients: list[dict] = []
         self.last_round_metrics: dict[str, float] = {}
-        # What the bounds did in the last round: node ids whose update was clipped or
-        # whose weight was capped.
+        # What the bounds did in the last round (`BoundedReplies.named`): clipped and capped
+        # node ids, every node's update norm.
         self.last_round_bounded: dict[str, Any] = {}
         # Nodes whose state a selecting rule (Krum) combined in the last round; None: all.
         self.last_round_kept: list[int] | None = None
@@ -209,10 +209,7 @@ class SynthesisStrategy(FedAvg):
         for note in bounded.notes:
             log(WARNING, "round %d: %s", server_round, note)
         self.last_round_failures += [note for note in bounded.notes if note.endswith(": rejected")]
-        self.last_round_bounded = {
-            "updates_clipped": [nodes[i] for i in bounded.clipped], "weights_capped": [nodes[i] for i in bounded.capped],
-            "update_norms": {str(node): round(norm, 6) for node, norm in zip(nodes, bounded.update_norms)},
-        }
+        self.last_round_bounded = bounded.named(nodes)
         accepted = [accepted[i] for i in bounded.kept]
         if not accepted:
             return None, None

@@ -202,10 +202,7 @@ def federated_round(
     for client, reply in enumerate(replies):
         for key, value in reply["metrics"].items():
             metrics[f"client{client}_{key}"] = value
-    for key, indices in (("updates_clipped", bounded.clipped), ("weights_capped", bounded.capped)):
-        if indices:
-            metrics[key] = [clients[i] for i in indices]
-    metrics["update_norms"] = {str(clients[i]): round(norm, 6) for i, norm in enumerate(bounded.update_norms)}
+    metrics |= {key: value for key, value in bounded.named(clients).items() if value}
     if bounded.notes:
         metrics["failures"] = [note for note in bounded.notes if note.endswith(": rejected")]
     if combined.kept is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -69,6 +70,15 @@ class BoundedReplies:
     clipped: list[int] = field(default_factory=list)
     capped: list[int] = field(default_factory=list)
     update_norms: list[float] = field(default_factory=list)
+
+    def named(self, names: list[Any]) -> dict[str, Any]:
+        """What the bounds did, by reply name (input order): clipped and capped replies,
+        and every reply's update norm (round metrics keep the non-empty entries)."""
+        return {
+            "updates_clipped": [names[i] for i in self.clipped],
+            "weights_capped": [names[i] for i in self.capped],
+            "update_norms": {str(name): round(norm, 6) for name, norm in zip(names, self.update_norms)},
+        }
 
 
 def update_norm(sent: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> float:
