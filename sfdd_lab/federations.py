@@ -48,7 +48,7 @@ class Federations:
             ok = self.link.run(run_config, num_supernodes=clients, timeout_seconds=timeout_seconds,
                                log_path=log_path).returncode == 0
         else:
-            ok = _run_here(run_config, log_path)
+            ok = run_in_process(run_config, log_path)
         if not ok:
             raise SystemExit(f"a run failed; see {log_path}")
 
@@ -77,5 +77,7 @@ def run_logged(work: Callable[[Callable[[str], None]], object], log_path: Path) 
     return True
 
 
-def _run_here(run_config: str, log_path: Path) -> bool:
+def run_in_process(run_config: str, log_path: Path) -> bool:
+    """One federated training without Flower (`sfdd_lab.full_protocol`), logged to
+    `log_path`; False if it failed."""
     return run_logged(lambda report: full_protocol.run(settings_from_run_configs([run_config]), None, report), log_path)

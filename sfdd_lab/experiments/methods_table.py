@@ -28,9 +28,8 @@ from typing import Any
 
 from sfdd_flwr.settings import settings_from_run_configs
 
-from .. import full_protocol
 from ..centralized import CentralizedSettings, run_centralized
-from ..federations import run_logged, start_afresh
+from ..federations import run_in_process, run_logged, start_afresh
 
 CLIENTS = 5
 PRESETS = {"cpu": "methods-cpu", "paper": "methods-paper"}
@@ -81,13 +80,13 @@ def run_cell(cell: Cell, args: argparse.Namespace, rounds: int | None = None) ->
         log_path = runs / f"{cell.name}.log"
         print(f"{cell.name}: running (log: {log_path})", flush=True)
         if cell.mode == "federated":
-            def work(report):
-                return full_protocol.run(settings_from_run_configs([config]), None, report)
+            ok = run_in_process(config, log_path)
         else:
             def work(report):
                 settings = settings_from_run_configs([config], extra_groups=(CentralizedSettings,))
                 return run_centralized(settings, report, max_train_seconds=budget)
-        if not run_logged(work, log_path):
+            ok = run_logged(work, log_path)
+        if not ok:
             raise SystemExit(f"{cell.name} failed; see {log_path}")
     summary = json.loads(summary_path.read_text())
     records = [json.loads(line) for line in (runs / cell.name / "metrics.jsonl").read_text().splitlines()]
