@@ -6,11 +6,14 @@ import math
 import time
 from collections.abc import Callable
 
+# How often long local work reports by default (the `progress-seconds` setting's default).
+DEFAULT_PROGRESS_SECONDS = 30.0
+
 
 class ProgressTicker:
     """Calls `emit(text)` at most once every `interval_seconds` (for long local work)."""
 
-    def __init__(self, emit: Callable[[str], None] | None, interval_seconds: float = 30.0):
+    def __init__(self, emit: Callable[[str], None] | None, interval_seconds: float = DEFAULT_PROGRESS_SECONDS):
         self.emit = emit
         self.interval_seconds = interval_seconds
         self.started = time.monotonic()

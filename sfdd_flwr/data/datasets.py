@@ -56,6 +56,9 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 PARTITIONINGS = ("iid", "dirichlet")
+# The defaults of the partition settings (`sfdd_flwr.data.settings` offers them as settings).
+DEFAULT_DIRICHLET_BETA = 0.5
+DEFAULT_MIN_PARTITION_SIZE = 10
 
 
 @dataclass
@@ -226,8 +229,8 @@ def partition_indices(
     num_partitions: int,
     scheme: str,
     seed: int,
-    dirichlet_beta: float = 0.5,
-    min_partition_size: int = 10,
+    dirichlet_beta: float = DEFAULT_DIRICHLET_BETA,
+    min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE,
 ) -> list[torch.Tensor]:
     """Disjoint index sets covering every example, identical on every client.
 
@@ -273,9 +276,9 @@ class PartitionRequest:
     data_dir: str
     partition_id: int
     num_partitions: int
-    partitioning: str = "iid"
-    dirichlet_beta: float = 0.5
-    min_partition_size: int = 10
+    partitioning: str = PARTITIONINGS[0]
+    dirichlet_beta: float = DEFAULT_DIRICHLET_BETA
+    min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE
     seed: int = 0
 
 

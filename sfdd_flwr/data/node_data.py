@@ -29,6 +29,9 @@ import torch
 
 from ..seeding import make_generator
 from .datasets import (
+    DEFAULT_DIRICHLET_BETA,
+    DEFAULT_MIN_PARTITION_SIZE,
+    PARTITIONINGS,
     DatasetSpec,
     LabelledImages,
     PartitionRequest,
@@ -63,9 +66,9 @@ class Task:
     spec: DatasetSpec
     class_names: tuple[str, ...] = ()
     data_dir: str = ""
-    partitioning: str = "iid"
-    dirichlet_beta: float = 0.5
-    min_partition_size: int = 10
+    partitioning: str = PARTITIONINGS[0]
+    dirichlet_beta: float = DEFAULT_DIRICHLET_BETA
+    min_partition_size: int = DEFAULT_MIN_PARTITION_SIZE
     seed: int = 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..settings.schema import POSITIVE, ZERO_OR_POSITIVE_INT, Rule, SettingsGroup, choice, key_of, setting
-from .datasets import DATASETS, PARTITIONINGS, DatasetSpec
+from .datasets import DATASETS, DEFAULT_DIRICHLET_BETA, DEFAULT_MIN_PARTITION_SIZE, PARTITIONINGS, DatasetSpec
 from .node_data import IMAGEFOLDER, Task
 
 if TYPE_CHECKING:
@@ -115,11 +115,13 @@ class DataSettings(SettingsGroup):
         "`imagefolder` only: normalisation std, one value > 0 per channel",
     )
     partitioning: str = setting(
-        "iid", choice(PARTITIONINGS), "`iid` (paper: disjoint equal shares) or `dirichlet` (label skew)"
+        PARTITIONINGS[0], choice(PARTITIONINGS), "`iid` (paper: disjoint equal shares) or `dirichlet` (label skew)"
     )
-    dirichlet_beta: float = setting(0.5, POSITIVE, "concentration of the Dirichlet partition (smaller = more skewed)")
+    dirichlet_beta: float = setting(
+        DEFAULT_DIRICHLET_BETA, POSITIVE, "concentration of the Dirichlet partition (smaller = more skewed)"
+    )
     min_partition_size: int = setting(
-        10, ZERO_OR_POSITIVE_INT,
+        DEFAULT_MIN_PARTITION_SIZE, ZERO_OR_POSITIVE_INT,
         "a Dirichlet partition is redrawn (up to 100 times) until every client holds this many examples (or "
         "the average share, if smaller); 0 accepts empty partitions, whose nodes reply with an error",
     )

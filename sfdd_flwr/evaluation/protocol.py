@@ -20,7 +20,7 @@ from ..augmentation.dsa import augment as dsa_augment
 from ..data.datasets import LabelledImages
 from ..models.convnet import NetworkSpec, build_network
 from ..models.training import train_network_epoch
-from ..progress import ProgressTicker
+from ..progress import DEFAULT_PROGRESS_SECONDS, ProgressTicker
 from ..seeding import derive_seed, make_generator
 
 
@@ -207,7 +207,7 @@ def evaluate_synthetic_set(
     tag: object,
     device: torch.device | str = "cpu",
     progress: Callable[[str], None] | None = None,
-    progress_seconds: float = 30.0,
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS,
     scorers: Mapping[str, Callable[[torch.nn.Module], float]] | None = None,
 ) -> EvalResult:
     """Accuracy of `params.num_eval` fresh networks trained on (images, labels).

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..progress import DEFAULT_PROGRESS_SECONDS
 from .schema import POSITIVE, Rule, SettingsGroup, at_least, choice, setting
 
 
@@ -37,7 +38,7 @@ class RunSettings(SettingsGroup):
         "a run directory to continue (see Outputs)",
     )
     device: str = setting("auto", choice(("auto", "cpu", "cuda")), "`auto` (CUDA if present), `cpu`, `cuda`")
-    progress_seconds: float = setting(30.0, POSITIVE, "how often long local work reports progress")
+    progress_seconds: float = setting(DEFAULT_PROGRESS_SECONDS, POSITIVE, "how often long local work reports progress")
 
 
 @dataclass(frozen=True)

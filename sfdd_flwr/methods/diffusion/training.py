@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ...progress import ProgressTicker
+from ...progress import DEFAULT_PROGRESS_SECONDS, ProgressTicker
 from .settings import DiffusionSettings
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def train_locally(
     device: torch.device,
     private: PrivateTraining | None = None,
     progress: Callable[[str], None] | None = None,
-    progress_seconds: float = 30.0,
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS,
 ) -> TrainingResult:
     """`diffusion-local-steps` AdamW steps on (images in [-1, 1], labels); with `private`,
     each step is a DP-SGD step (per-example clipping and Gaussian noise, Opacus)."""

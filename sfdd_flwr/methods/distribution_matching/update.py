@@ -18,7 +18,7 @@ import torch
 from ...augmentation.dsa import DsaParams, siamese
 from ...data.datasets import ClassPools
 from ...models.convnet import NetworkSpec, build_network
-from ...progress import ProgressTicker
+from ...progress import DEFAULT_PROGRESS_SECONDS, ProgressTicker
 from ...seeding import derive_seed
 from .settings import DistributionMatchingSettings
 
@@ -51,7 +51,7 @@ def distribution_matching_update(
     dsa: DsaParams | None = None,
     augment_generator: torch.Generator | None = None,
     progress: Callable[[str], None] | None = None,
-    progress_seconds: float = 30.0,
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS,
 ) -> DistributionMatchingUpdate:
     """`dm-steps` momentum-SGD steps of the synthetic images on the mean-embedding distance.
 
