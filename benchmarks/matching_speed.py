@@ -31,7 +31,8 @@ import torch
 
 from sfdd_flwr.data.datasets import DATASETS, ClassPools, LabelledImages, PartitionRequest, load_partition
 from sfdd_flwr.methods.gradient_matching.settings import GradientMatchingSettings
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images, local_distill_update
+from sfdd_flwr.methods.gradient_matching.update import local_distill_update
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.models.convnet import NetworkSpec
 from sfdd_flwr.seeding import make_generator
 

@@ -22,7 +22,7 @@ from sfdd_flwr.behaviours.registry import (
 )
 from sfdd_flwr.data.datasets import LabelledImages, load_split
 from sfdd_flwr.methods import LocalJob
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.runs.artifacts import load_synthetic_set
 from sfdd_flwr.server_app import server_parts
 from sfdd_flwr.settings import ConfigError, Settings

@@ -6,7 +6,8 @@ from sfdd_flwr.evaluation.protocol import EvalParams, evaluate_synthetic_set
 from sfdd_flwr.methods.base import class_labels as synthetic_labels
 from sfdd_flwr.methods.gradient_matching.settings import GradientMatchingSettings as DistillParams
 from sfdd_flwr.methods.gradient_matching.settings import loops_for_ipc
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images, local_distill_update
+from sfdd_flwr.methods.gradient_matching.update import local_distill_update
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.models.convnet import NetworkSpec
 from sfdd_flwr.seeding import make_generator
 

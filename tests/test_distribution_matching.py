@@ -7,7 +7,7 @@ from sfdd_flwr.data.datasets import ClassPools, LabelledImages
 from sfdd_flwr.methods import METHODS
 from sfdd_flwr.methods.distribution_matching.settings import DistributionMatchingSettings
 from sfdd_flwr.methods.distribution_matching.update import distribution_matching_update, mean_embedding_distance
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.models.convnet import NetworkSpec
 from sfdd_flwr.seeding import make_generator
 

@@ -9,7 +9,8 @@ from sfdd_flwr.methods.base import UpdateHooks
 from sfdd_flwr.methods.gradient_matching.batched import ClassGradients, stack_batches
 from sfdd_flwr.methods.gradient_matching.distance import MATCH_METRICS, batched_match_distance, match_distance
 from sfdd_flwr.methods.gradient_matching.settings import GradientMatchingSettings
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images, local_distill_update
+from sfdd_flwr.methods.gradient_matching.update import local_distill_update
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.models.convnet import NetworkSpec, build_network
 from sfdd_flwr.seeding import make_generator
 

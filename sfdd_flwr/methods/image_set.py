@@ -11,17 +11,17 @@ from typing import Any
 import torch
 
 from ..data.datasets import LabelledImages
+from ..models.convnet import NetworkSpec
 from ..seeding import make_generator
 from .base import State, SynthesisMethod, class_labels
 
 IMAGES = "images"
 
 
-def initial_synthetic_images(channels: int, num_classes: int, image_size: tuple[int, int], ipc: int,
-                             generator: torch.Generator) -> torch.Tensor:
-    """Noise initialisation: N(0, 1) in normalised space."""
-    height, width = image_size
-    return torch.randn((num_classes * ipc, channels, height, width), generator=generator)
+def initial_synthetic_images(spec: NetworkSpec, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """Noise initialisation: N(0, 1) in normalised space, `ipc` images per class."""
+    height, width = spec.image_size
+    return torch.randn((spec.num_classes * ipc, spec.channels, height, width), generator=generator)
 
 
 class ImageSetMethod(SynthesisMethod):
@@ -33,11 +33,8 @@ class ImageSetMethod(SynthesisMethod):
         return class_labels(self.settings.dataset_spec.num_classes, self.settings.ipc)
 
     def initial_state(self) -> State:
-        spec = self.settings.network_spec
         generator = make_generator(self.settings.seed, "init")
-        return {IMAGES: initial_synthetic_images(
-            spec.channels, spec.num_classes, spec.image_size, self.settings.ipc, generator
-        )}
+        return {IMAGES: initial_synthetic_images(self.settings.network_spec, self.settings.ipc, generator)}
 
     def labelled_set(
         self, state: State, server_round: int, device: torch.device, report: Callable[[str], None] | None = None

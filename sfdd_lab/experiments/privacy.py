@@ -33,7 +33,7 @@ from sfdd_flwr.data.datasets import ClassPools, LabelledImages, PartitionRequest
 from sfdd_flwr.defences.ldpo_rld import LdpoRldSettings
 from sfdd_flwr.methods import LocalJob
 from sfdd_flwr.methods.gradient_matching import GradientMatching
-from sfdd_flwr.methods.gradient_matching.update import initial_synthetic_images
+from sfdd_flwr.methods.image_set import initial_synthetic_images
 from sfdd_flwr.models.convnet import build_network
 from sfdd_flwr.seeding import make_generator
 from sfdd_flwr.settings import Settings, parse_run_config

@@ -20,9 +20,8 @@ from ...augmentation.dsa import DsaParams, augment, siamese
 from ...data.datasets import ClassPools
 from ...models.convnet import NetworkSpec, build_network
 from ...models.training import train_network_epoch
-from ...progress import ProgressTicker
+from ...progress import DEFAULT_PROGRESS_SECONDS, ProgressTicker
 from ..base import UpdateHooks, class_labels
-from ..image_set import initial_synthetic_images as noise_images
 from .batched import BATCHABLE_NORMS, ClassGradients, one_hot_targets, stack_batches
 from .distance import batched_match_distance, match_distance
 from .settings import GradientMatchingSettings
@@ -47,11 +46,6 @@ class LocalUpdate:
     seconds: float
 
 
-def initial_synthetic_images(spec: NetworkSpec, ipc: int, generator: torch.Generator) -> torch.Tensor:
-    """Noise initialisation: N(0, 1) in normalised space (the server holds no data)."""
-    return noise_images(spec.channels, spec.num_classes, spec.image_size, ipc, generator)
-
-
 def local_distill_update(
     synthetic_images: torch.Tensor,
     real: ClassPools,
@@ -62,7 +56,7 @@ def local_distill_update(
     device: torch.device | str = "cpu",
     velocity: torch.Tensor | None = None,
     progress: Callable[[str], None] | None = None,
-    progress_seconds: float = 30.0,
+    progress_seconds: float = DEFAULT_PROGRESS_SECONDS,
     hooks: UpdateHooks | None = None,
     dsa: DsaParams | None = None,
     augment_generator: torch.Generator | None = None,
