@@ -54,7 +54,8 @@ def average_states(states: list[State]) -> State:
 
 def run_centralized(settings: Settings, report=print, max_train_seconds: float | None = None) -> dict[str, Any]:
     """Run the method on the full training set for `num_server_rounds` rounds, or until
-    the iteration that crosses `max_train_seconds` of training."""
+    the iteration that crosses `max_train_seconds` of training (a resumed run counts the
+    training its earlier part recorded)."""
     device = resolve_device(settings.device)
     method = load_method(settings.method)(settings)
     report(f"loading {settings.dataset} from {settings.data_path}")
@@ -66,7 +67,7 @@ def run_centralized(settings: Settings, report=print, max_train_seconds: float |
     state = recorder.start()
     replicas = settings.central_networks
     method_states: list[dict[str, torch.Tensor]] = [{} for _ in range(replicas)]
-    train_seconds = 0.0
+    train_seconds = sum(float(record.get("round_seconds", 0.0)) for record in recorder.run_dir.read_metrics())
     for iteration in range(recorder.first_round, settings.num_server_rounds + 1):
         started = time.monotonic()
         results = []

@@ -133,6 +133,21 @@ def test_resuming_a_run_cut_off_during_its_final_evaluation_evaluates_it(tiny_mn
     assert [r["round"] for r in RunDirectory(run_dir).read_metrics()] == list(range(1, finished["rounds"] + 1))
 
 
+def test_a_resumed_run_counts_its_earlier_training_against_the_time_budget(tiny_mnist_dir, tmp_path, capsys):
+    config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central' num-eval=0"
+    assert main(["--run-config", config]) == 0
+    run_dir = tmp_path / "central"
+    # The 2 finished iterations are said to have taken 1000 s each; the budget is 1500 s.
+    records = [{**record, "round_seconds": 1000.0} for record in RunDirectory(run_dir).read_metrics()]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    capsys.readouterr()
+    resumed = f"{config} num-server-rounds=5 resume-from='{run_dir}'"
+    assert main(["--run-config", resumed, "--max-train-seconds", "1500"]) == 0
+    assert "stopping after iteration 3" in capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["train_seconds"] >= 2000
+
+
 def test_a_fresh_run_refuses_a_folder_that_holds_an_earlier_run(tiny_mnist_dir, tmp_path, capsys):
     config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central'"
     assert main(["--run-config", config]) == 0
