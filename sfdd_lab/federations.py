@@ -42,7 +42,8 @@ class Federations:
 
     def run(self, run_config: str, clients: int, log_path: Path, timeout_seconds: float = 48 * 3600) -> None:
         """Run `run_config` (its `min-clients` included) with `clients` simulated nodes to its
-        end; stop the experiment with a line naming the log if it fails."""
+        end; stop the experiment with a line naming the log if it fails. In process, the
+        config's `min-clients` clients take turns and `timeout_seconds` does not apply."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.link is not None:
             ok = self.link.run(run_config, num_supernodes=clients, timeout_seconds=timeout_seconds,
