@@ -1,7 +1,7 @@
 """Paper Table 2 for every distillation method: method x IPC x {centralized, federated}.
 
     python -m sfdd_lab.experiments.methods_table --data-dir DATA --out OUT [--scale cpu|paper]
-        [--datasets mnist fashionmnist] [--ipcs 1 10] [--methods DC DSA DM] [--budget-seconds 120]
+        [--datasets mnist fashionmnist] [--ipcs 1 10] [--methods DC DSA DM] [--budget-seconds 60]
 
 Every cell runs the method's own code twice on the same settings and seeds: centralized,
 the method on the whole training set (`sfdd_lab.centralized`), and federated, 5 IID
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashionmnist"])
     parser.add_argument("--ipcs", type=int, nargs="+", default=None, help="default: 1 10 (cpu), 1 10 50 (paper)")
     parser.add_argument("--methods", nargs="+", choices=tuple(METHODS), default=list(METHODS))
-    parser.add_argument("--budget-seconds", type=float, default=120.0,
+    parser.add_argument("--budget-seconds", type=float, default=60.0,
                         help="training time of every centralized run at --scale cpu (evaluation not counted)")
     parser.add_argument("--run-config", default="", help="extra settings for every run")
     args = parser.parse_args(argv)
