@@ -106,6 +106,7 @@ def run_centralized(settings: Settings, report=print, max_train_seconds: float |
                 "round_seconds": seconds,
             },
             final=stopping,
+            seconds_left=None if max_train_seconds is None else max_train_seconds - train_seconds,
         )
         if stopping:
             break

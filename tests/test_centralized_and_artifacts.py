@@ -148,6 +148,13 @@ def test_a_resumed_run_counts_its_earlier_training_against_the_time_budget(tiny_
     assert summary["rounds"] == 3 and summary["train_seconds"] >= 2000
 
 
+def test_a_time_budget_caps_the_eta(tiny_mnist_dir, tmp_path, capsys):
+    config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' num-eval=0 num-server-rounds=1000"
+    assert main(["--run-config", config, "--max-train-seconds", "1e-9"]) == 0
+    round_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("round 1/1000"))
+    assert "ETA 0 s" in round_line, round_line
+
+
 def test_a_fresh_run_refuses_a_folder_that_holds_an_earlier_run(tiny_mnist_dir, tmp_path, capsys):
     config = f"preset='smoke' data-dir='{tiny_mnist_dir}' output-dir='{tmp_path}' run-name='central'"
     assert main(["--run-config", config]) == 0

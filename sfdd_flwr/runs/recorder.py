@@ -200,14 +200,16 @@ class RunRecorder:
         return round_number == self.settings.num_server_rounds or (every > 0 and round_number % every == 0)
 
     def end_round(
-        self, round_number: int, state: State, round_metrics: dict[str, Any], final: bool = False
+        self, round_number: int, state: State, round_metrics: dict[str, Any], final: bool = False,
+        seconds_left: float | None = None,
     ) -> dict[str, Any]:
         """Save the checkpoint (the round is then complete), log, evaluate if due, append
         metrics.
 
         The round's metrics travel inside the checkpoint too, so a crash during a long
         evaluation loses neither the round nor its training figures. `final` marks a round
-        that ends the run before `num-server-rounds` (a time budget): it is evaluated too.
+        that ends the run before `num-server-rounds` (a time budget): it is evaluated too;
+        `seconds_left`, what such a budget still allows, caps the ETA.
         """
         evaluate_now = final or self.should_evaluate(round_number)
         record: dict[str, Any] = {"round": round_number, **round_metrics}
@@ -219,6 +221,8 @@ class RunRecorder:
         self.round_seconds_total += float(round_metrics.get("round_seconds", 0.0))
         remaining = self.settings.num_server_rounds - round_number
         eta = remaining * self.round_seconds_total / self.rounds_done_here
+        if seconds_left is not None:
+            eta = min(eta, max(seconds_left, 0.0))
         parts = [f"round {round_number}/{self.settings.num_server_rounds}"]
         described = self.method.describe_round(round_metrics)
         if described:
